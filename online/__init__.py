@@ -1,0 +1,1 @@
+"""Online plane: the bus, admission, micro-batch workers, Postgres state and serving."""

@@ -1,0 +1,51 @@
+"""The bus port: append records by partition key, read a partition from an offset in batches.
+
+A position `(stream, partition, offset)` is the identity of a delivered record. Offsets are
+integers; a watermark is the exclusive-next offset of a partition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+def partition_for(partition_key: str, partitions: int) -> int:
+    """Stable partitioner: the first 8 bytes of sha256(key), modulo the partition count."""
+    digest = hashlib.sha256(partition_key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % partitions
+
+
+@dataclass(frozen=True)
+class BusRecord:
+    stream: str
+    partition: int
+    offset: int
+    value: bytes
+
+
+@dataclass(frozen=True)
+class ReadBatch:
+    records: list[BusRecord]
+    next_offset: int  # exclusive-next offset after this batch
+    caught_up: bool  # nothing more was visible in the partition when read
+
+
+class EventBus(Protocol):
+    """What producers and consumers need from a bus, whichever backend carries it."""
+
+    def ensure_stream(self, stream: str) -> None: ...
+
+    def partitions(self, stream: str) -> list[int]: ...
+
+    def append(self, stream: str, items: Sequence[tuple[str, bytes]]) -> list[tuple[int, int]]:
+        """Append (partition_key, value) items; return their (partition, offset), in input order."""
+        ...
+
+    def read(self, stream: str, partition: int, from_offset: int, max_records: int) -> ReadBatch: ...
+
+    def end_offsets(self, stream: str) -> dict[int, int] | None:
+        """Exclusive-next offset per partition, or None where the backend cannot tell cheaply."""
+        ...

@@ -1,0 +1,36 @@
+"""The wiring of one process: settings, and lazily the database, bus and object store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from online.bus.base import EventBus
+from runtime.migrations import migrate
+from runtime.postgres import Database
+from runtime.settings import Settings, load_settings
+
+
+@dataclass
+class App:
+    settings: Settings = field(default_factory=load_settings)
+
+    @cached_property
+    def db(self) -> Database:
+        return Database.from_settings(self.settings.postgres)
+
+    @cached_property
+    def bus(self) -> EventBus:
+        from online.bus.factory import open_bus
+
+        return open_bus(self.settings.bus)
+
+    def init(self) -> list[str]:
+        """Create or migrate everything the profile needs; idempotent."""
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        applied = migrate(self.db)
+        from schemas.streams import STREAMS
+
+        for stream in STREAMS:
+            self.bus.ensure_stream(stream)
+        return applied

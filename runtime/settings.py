@@ -1,0 +1,182 @@
+"""Typed, layered configuration: profile file < environment overrides; secrets only from the env.
+
+One dataclass per connection kind, chosen by a `Literal` field. A missing value names every
+place that was looked at.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from config import CONFIG_DIR
+from runtime.errors import ConfigError
+from runtime.secrets import Secret
+
+PROFILE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+@dataclass(frozen=True)
+class EmbeddedPostgres:
+    kind: Literal["embedded"]
+    data_dir: Path
+
+
+@dataclass(frozen=True)
+class DsnPostgres:
+    kind: Literal["dsn"]
+    dsn: Secret
+
+
+@dataclass(frozen=True)
+class LocalObjectStore:
+    kind: Literal["local"]
+    root: Path
+
+
+@dataclass(frozen=True)
+class AwsCredentials:
+    access_key_id: Secret | None
+    secret_access_key: Secret | None
+    session_token: Secret | None
+
+
+@dataclass(frozen=True)
+class S3ObjectStore:
+    kind: Literal["s3"]
+    bucket: str
+    prefix: str
+    region: str
+    endpoint_url: str | None
+    credentials: AwsCredentials
+
+
+@dataclass(frozen=True)
+class EmbeddedBus:
+    kind: Literal["embedded"]
+    root: Path
+    partitions: int
+
+
+@dataclass(frozen=True)
+class KinesisBus:
+    kind: Literal["kinesis"]
+    partitions: int
+    region: str
+    endpoint_url: str | None
+    credentials: AwsCredentials
+
+
+@dataclass(frozen=True)
+class HealthThresholds:
+    lag_records_amber: int = 10_000
+    lag_records_red: int = 100_000
+    watermark_age_seconds_amber: int = 300
+    watermark_age_seconds_red: int = 1_800
+    failure_rate_amber: float = 0.001
+    failure_rate_red: float = 0.01
+    stale_rate_amber: float = 0.5
+    stale_rate_red: float = 0.9
+
+
+@dataclass(frozen=True)
+class Settings:
+    profile: str
+    home: Path
+    postgres: EmbeddedPostgres | DsnPostgres
+    object_store: LocalObjectStore | S3ObjectStore
+    bus: EmbeddedBus | KinesisBus
+    batch_size: int = 5000
+    health: HealthThresholds = field(default_factory=HealthThresholds)
+
+
+def _env_secret(name: str, env: dict[str, str]) -> Secret | None:
+    value = env.get(name)
+    return Secret(value) if value else None
+
+
+def _aws_credentials(env: dict[str, str]) -> AwsCredentials:
+    return AwsCredentials(
+        access_key_id=_env_secret("AWS_ACCESS_KEY_ID", env),
+        secret_access_key=_env_secret("AWS_SECRET_ACCESS_KEY", env),
+        session_token=_env_secret("AWS_SESSION_TOKEN", env),
+    )
+
+
+def _require(section: dict[str, Any], key: str, where: str) -> Any:
+    if key not in section:
+        raise ConfigError("CONFIG_MISSING", f"'{key}' is missing from {where}")
+    return section[key]
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Read FP_PROFILE's YAML and apply environment overrides (FP_HOME, FP_PG_DSN, endpoints)."""
+    env = dict(os.environ if env is None else env)
+    profile = env.get("FP_PROFILE", "local")
+    if not profile or not set(profile) <= PROFILE_NAME_CHARS:
+        raise ConfigError("CONFIG_INVALID", "FP_PROFILE must be lower-case letters, digits, '_' or '-'")
+    path = CONFIG_DIR / "profiles" / f"{profile}.yaml"
+    if not path.is_file():
+        raise ConfigError("CONFIG_MISSING", f"profile '{profile}' not found (looked at {path})")
+    raw = yaml.safe_load(path.read_text()) or {}
+    where = f"profile file {path}"
+    home = Path(env.get("FP_HOME", "./.fp")).resolve()
+
+    pg = _require(raw, "postgres", where)
+    dsn = env.get("FP_PG_DSN")
+    postgres: EmbeddedPostgres | DsnPostgres
+    if dsn:
+        postgres = DsnPostgres("dsn", Secret(dsn))
+    elif pg.get("kind") == "embedded":
+        postgres = EmbeddedPostgres("embedded", home / "pg")
+    else:
+        dsn_env = pg.get("dsn_env", "FP_PG_DSN")
+        raise ConfigError(
+            "CONFIG_MISSING",
+            f"profile '{profile}' needs a Postgres DSN: looked at environment variable {dsn_env}",
+        )
+
+    store_raw = _require(raw, "object_store", where)
+    object_store: LocalObjectStore | S3ObjectStore
+    if store_raw.get("kind") == "local":
+        object_store = LocalObjectStore("local", Path(store_raw.get("root") or home / "lake"))
+    elif store_raw.get("kind") == "s3":
+        bucket = env.get(store_raw.get("bucket_env", "FP_S3_BUCKET")) or store_raw.get("bucket")
+        if not bucket:
+            raise ConfigError("CONFIG_MISSING", f"no S3 bucket: looked at FP_S3_BUCKET and {where}")
+        object_store = S3ObjectStore(
+            "s3",
+            bucket=bucket,
+            prefix=str(store_raw.get("prefix", "")).strip("/"),
+            region=env.get("AWS_DEFAULT_REGION", store_raw.get("region", "us-east-1")),
+            endpoint_url=env.get(store_raw.get("endpoint_url_env", "FP_S3_ENDPOINT_URL")),
+            credentials=_aws_credentials(env),
+        )
+    else:
+        raise ConfigError("CONFIG_INVALID", f"object_store.kind must be 'local' or 's3' in {where}")
+
+    bus_raw = _require(raw, "bus", where)
+    partitions = int(bus_raw.get("partitions", 4))
+    if not 1 <= partitions <= 256:
+        raise ConfigError("CONFIG_INVALID", f"bus.partitions must be 1..256 in {where}")
+    bus: EmbeddedBus | KinesisBus
+    if bus_raw.get("kind") == "embedded":
+        bus = EmbeddedBus("embedded", home / "bus", partitions)
+    elif bus_raw.get("kind") == "kinesis":
+        bus = KinesisBus(
+            "kinesis",
+            partitions=partitions,
+            region=env.get("AWS_DEFAULT_REGION", bus_raw.get("region", "us-east-1")),
+            endpoint_url=env.get(bus_raw.get("endpoint_url_env", "FP_KINESIS_ENDPOINT_URL")),
+            credentials=_aws_credentials(env),
+        )
+    else:
+        raise ConfigError("CONFIG_INVALID", f"bus.kind must be 'embedded' or 'kinesis' in {where}")
+
+    health = HealthThresholds(**(raw.get("health") or {}))
+    batch_size = int((raw.get("worker") or {}).get("batch_size", 5000))
+    return Settings(profile, home, postgres, object_store, bus, batch_size, health)

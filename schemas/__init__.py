@@ -1,0 +1,1 @@
+"""Data contracts: JSON Schemas for the boundary objects, pure validators, pandera frame models."""

@@ -1,0 +1,166 @@
+"""Validation and normalisation of one admitted event (SPEC §2-3), with stable reason codes.
+
+The JSON Schemas in `contracts/` describe the same shapes for other programs; this module is the
+fast path used at admission, and a test holds the two in agreement.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pipelines.timefmt import TimestampError, canonical, parse_rfc3339
+from runtime.errors import RejectedEvent
+
+EVENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+PIN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+CURRENCY = re.compile(r"^[A-Z]{3}$")
+KEY_TYPES = ("account", "card", "customer", "merchant", "device")
+ENTITY_ID = {kt: re.compile(rf"^e_{kt}_[A-Za-z0-9]{{1,64}}$") for kt in KEY_TYPES}
+PIN_FIELDS = ("scenario_id", "run_id", "manifest_fingerprint", "parameter_hash")
+CHANNELS = ("card_present", "ecom", "mobile")
+LABELS = ("fraud", "legit")
+SCHEMA_VERSION = "v1"
+ENVELOPE_FIELDS = (
+    "event_id", "event_type", "schema_version", "ts_utc", "context_pins", "seed", "platform_run_id", "payload"
+)
+
+# payload field -> kind; kinds: flow (id charset), entity:<type>, entity?:<type> (nullable),
+# seq (int >= 0), amount (int >= 0), currency, channel, label, time (RFC 3339)
+PAYLOADS: dict[str, dict[str, str]] = {
+    "transaction_event": {
+        "flow_id": "flow", "merchant_id": "entity:merchant", "arrival_seq": "seq",
+        "account_id": "entity:account", "card_id": "entity:card", "customer_id": "entity:customer",
+        "device_id": "entity?:device", "amount_minor": "amount", "currency": "currency", "channel": "channel",
+    },
+    "arrival_event": {"merchant_id": "entity:merchant", "arrival_seq": "seq", "channel": "channel"},
+    "arrival_entities": {
+        "merchant_id": "entity:merchant", "arrival_seq": "seq", "account_id": "entity:account",
+        "card_id": "entity:card", "customer_id": "entity:customer", "device_id": "entity?:device",
+    },
+    "flow_anchor": {"flow_id": "flow", "merchant_id": "entity:merchant", "arrival_seq": "seq"},
+    "label_assertion": {
+        "flow_id": "flow", "label": "label", "effective_time": "time", "observed_time": "time",
+    },
+}
+
+
+def _reject(code: str, detail: str) -> RejectedEvent:
+    return RejectedEvent(code, detail)
+
+
+def is_pin(value: object) -> bool:
+    return isinstance(value, str) and value not in (".", "..") and PIN.match(value) is not None
+
+
+def is_entity_id(key_type: str, value: object) -> bool:
+    pattern = ENTITY_ID.get(key_type)
+    return pattern is not None and isinstance(value, str) and pattern.match(value) is not None
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def validate_pins(pins: object) -> dict[str, str]:
+    if not isinstance(pins, dict):
+        raise _reject("INVALID_PINS", "context_pins must be an object")
+    for name in PIN_FIELDS:
+        if name not in pins:
+            raise _reject("INVALID_PINS", f"context_pins.{name} is missing")
+        if not is_pin(pins[name]):
+            raise _reject("INVALID_PINS", f"context_pins.{name} must be 1-128 chars of [A-Za-z0-9._-]")
+    extra = set(pins) - set(PIN_FIELDS)
+    if extra:
+        raise _reject("INVALID_PINS", f"unknown context_pins fields {sorted(extra)}")
+    return {name: pins[name] for name in PIN_FIELDS}
+
+
+def _check_payload_field(event_type: str, name: str, kind: str, value: Any) -> Any:
+    where = f"payload.{name}"
+    if kind == "flow":
+        if not isinstance(value, str) or not EVENT_ID.match(value):
+            raise _reject("INVALID_PAYLOAD", f"{where} must be 1-128 chars of [A-Za-z0-9._:-]")
+    elif kind.startswith("entity"):
+        key_type = kind.split(":", 1)[1]
+        if value is None and kind.startswith("entity?"):
+            return None
+        if not is_entity_id(key_type, value):
+            raise _reject("NON_CANONICAL_ENTITY_ID", f"{where} must look like e_{key_type}_<1-64 alphanumerics>")
+    elif kind in ("seq", "amount"):
+        if not _is_count(value):
+            raise _reject("INVALID_PAYLOAD", f"{where} must be an integer >= 0")
+    elif kind == "currency":
+        if not isinstance(value, str) or not CURRENCY.match(value):
+            raise _reject("INVALID_PAYLOAD", f"{where} must be 3 upper-case letters")
+    elif kind == "channel":
+        if value not in CHANNELS:
+            raise _reject("INVALID_PAYLOAD", f"{where} must be one of {list(CHANNELS)}")
+    elif kind == "label":
+        if value not in LABELS:
+            raise _reject("INVALID_PAYLOAD", f"{where} must be one of {list(LABELS)}")
+    elif kind == "time":
+        try:
+            return canonical(value)
+        except TimestampError as exc:
+            raise _reject("INVALID_TIMESTAMP", f"{where}: {exc}") from None
+    return value
+
+
+def normalize_event(raw: object) -> dict[str, Any]:
+    """Validate one envelope and return it normalised (canonical UTC timestamps).
+
+    Raises `RejectedEvent` with a stable reason code. Unknown payload fields are kept.
+    """
+    if not isinstance(raw, dict):
+        raise _reject("NOT_AN_OBJECT", "an event must be a JSON object")
+    for name in ENVELOPE_FIELDS:
+        if name not in raw:
+            raise _reject("MISSING_FIELD", f"{name} is missing")
+    event_type = raw["event_type"]
+    if event_type not in PAYLOADS:
+        raise _reject("UNKNOWN_EVENT_TYPE", f"event_type must be one of {sorted(PAYLOADS)}")
+    if raw["schema_version"] != SCHEMA_VERSION:
+        raise _reject("UNKNOWN_SCHEMA_VERSION", f"schema_version must be {SCHEMA_VERSION!r}")
+    if not isinstance(raw["event_id"], str) or not EVENT_ID.match(raw["event_id"]):
+        raise _reject("INVALID_EVENT_ID", "event_id must be 1-128 chars of [A-Za-z0-9._:-]")
+    if not is_pin(raw["platform_run_id"]):
+        raise _reject("INVALID_PINS", "platform_run_id must be 1-128 chars of [A-Za-z0-9._-]")
+    pins = validate_pins(raw["context_pins"])
+    if not _is_count(raw["seed"]):
+        raise _reject("INVALID_FIELD", "seed must be an integer >= 0")
+    try:
+        ts_utc = canonical(raw["ts_utc"])
+        emitted = canonical(raw["emitted_at_utc"]) if raw.get("emitted_at_utc") is not None else None
+    except TimestampError as exc:
+        raise _reject("INVALID_TIMESTAMP", str(exc)) from None
+    payload = raw["payload"]
+    if not isinstance(payload, dict):
+        raise _reject("INVALID_PAYLOAD", "payload must be an object")
+    normalized_payload = dict(payload)
+    for name, kind in PAYLOADS[event_type].items():
+        if name not in payload:
+            raise _reject("MISSING_FIELD", f"payload.{name} is missing")
+        normalized_payload[name] = _check_payload_field(event_type, name, kind, payload[name])
+    if event_type == "label_assertion" and normalized_payload["observed_time"] != ts_utc:
+        raise _reject("INVALID_PAYLOAD", "label_assertion ts_utc must equal payload.observed_time")
+    extra = set(raw) - set(ENVELOPE_FIELDS) - {"emitted_at_utc"}
+    if extra:
+        raise _reject("INVALID_FIELD", f"unknown envelope fields {sorted(extra)}")
+    event: dict[str, Any] = {
+        "event_id": raw["event_id"],
+        "event_type": event_type,
+        "schema_version": SCHEMA_VERSION,
+        "ts_utc": ts_utc,
+        "context_pins": pins,
+        "seed": raw["seed"],
+        "platform_run_id": raw["platform_run_id"],
+        "payload": normalized_payload,
+    }
+    if emitted is not None:
+        event["emitted_at_utc"] = emitted
+    return event
+
+
+def ts_micros(event: dict[str, Any]) -> int:
+    return parse_rfc3339(event["ts_utc"])
