@@ -25,6 +25,18 @@ class App:
 
         return open_bus(self.settings.bus)
 
+    @cached_property
+    def store(self):  # -> lake.object_store.ObjectStore
+        from lake.object_store import open_store
+
+        return open_store(self.settings.object_store)
+
+    @cached_property
+    def registry(self):  # -> pipelines.registry.Registry
+        from config import default_registry
+
+        return default_registry()
+
     def init(self) -> list[str]:
         """Create or migrate everything the profile needs; idempotent."""
         self.settings.home.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,71 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from runtime.app import App
+    from runtime.workers import run_workers
+
+    app = App()
+    app.init()
+    summary = run_workers(app, until_idle=args.until_idle, poll_seconds=args.poll_seconds)
+    sys.stderr.write(json.dumps(summary, sort_keys=True) + "\n")
+    return 0
+
+
+def cmd_get_features(args: argparse.Namespace) -> int:
+    from online.serving import FeatureServer
+    from online.snapshot_store import flush_outbox
+    from runtime.app import App
+
+    app = App()
+    text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text(encoding="utf-8")
+    stripped = text.strip()
+    requests: list[Any]
+    single = True
+    try:
+        requests = [json.loads(stripped)]
+    except json.JSONDecodeError:
+        single = False
+        requests = []
+        for line in stripped.splitlines():
+            if not line.strip():
+                continue
+            try:
+                requests.append(json.loads(line))
+            except json.JSONDecodeError:
+                requests.append(None)
+    server = FeatureServer(app.db, app.bus, app.registry)
+    ok = True
+    try:
+        for request in requests:
+            response = server.get_features(request)
+            ok = ok and response["kind"] == "get_features_response"
+            sys.stdout.write(json.dumps(response, sort_keys=True, indent=2 if single else None) + "\n")
+    finally:
+        server.close()
+    flush_outbox(app.db, app.store)
+    return 0 if ok else 1
+
+
+def cmd_snapshot_get(args: argparse.Namespace) -> int:
+    from online.snapshot_store import get_snapshot
+    from runtime.app import App
+
+    app = App()
+    _print_json(get_snapshot(app.db, app.store, args.hash))
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from online.health import health_report
+    from runtime.app import App
+
+    app = App()
+    report = health_report(app)
+    _print_json(report)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from runtime.demo import run_demo
 
@@ -82,6 +147,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of events moved out of event-time order before publishing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_simulate)
+
+    p = sub.add_parser("worker", help="run the OFP, context and archive workers")
+    p.add_argument("--until-idle", action="store_true", help="exit 0 once every stream is caught up")
+    p.add_argument("--poll-seconds", type=float, default=1.0, help="pause between polls when not --until-idle")
+    p.set_defaults(handler=cmd_worker)
+
+    p = sub.add_parser("get-features", help="serve one JSON request or a JSONL file of requests")
+    p.add_argument("--request", required=True, help="request file (JSON or JSONL), or - for stdin")
+    p.set_defaults(handler=cmd_get_features)
+
+    p = sub.add_parser("snapshot", help="persisted snapshots")
+    snap = p.add_subparsers(dest="snapshot_command", required=True, metavar="SUBCOMMAND")
+    q = snap.add_parser("get", help="fetch a persisted snapshot by hash; prints the stored response JSON")
+    q.add_argument("hash", help="sha256:<64 hex digits>")
+    q.set_defaults(handler=cmd_snapshot_get)
+
+    p = sub.add_parser("health", help="GREEN/AMBER/RED per component, counters and lag (JSON)")
+    p.set_defaults(handler=cmd_health)
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded default; readable summary")
     p.add_argument("--transactions", type=int, default=2000)

@@ -8,6 +8,7 @@ the exclusive-next offset of a record is its sequence number + 1.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -43,10 +44,8 @@ class KinesisEventBus:
 
     def ensure_stream(self, stream: str) -> None:
         stream_spec(stream)
-        try:
+        with contextlib.suppress(self.client.exceptions.ResourceInUseException):
             self.client.create_stream(StreamName=stream, ShardCount=self.partition_count)
-        except self.client.exceptions.ResourceInUseException:
-            pass
         for _ in range(100):
             status = self.client.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]
             if status["StreamStatus"] == "ACTIVE":

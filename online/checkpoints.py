@@ -1,0 +1,112 @@
+"""Per-partition checkpoints with leases and a fencing epoch.
+
+A consumer claims a partition (bumping its epoch) and commits each batch with a compare-and-set
+on (epoch, next_offset) in the same transaction as its state. A second or stalled worker on the
+same partition fails the compare-and-set and rolls back: a batch can never be applied twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+from runtime.errors import TransientError
+
+LEASE_SECONDS = 30
+
+
+class Fenced(TransientError):
+    """Another worker owns the partition now; this worker's batch was rolled back."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__("FENCED", what)
+
+
+@dataclass(frozen=True)
+class Lease:
+    consumer: str
+    stream: str
+    partition: int
+    owner: str
+    epoch: int
+    next_offset: int
+
+
+def claim(conn: psycopg.Connection, consumer: str, stream: str, partition: int, owner: str) -> Lease | None:
+    """Claim a partition if it is free, expired or already ours; None if someone else holds it."""
+    conn.execute(
+        """INSERT INTO consumer_checkpoints (consumer, stream, partition) VALUES (%s, %s, %s)
+           ON CONFLICT DO NOTHING""",
+        (consumer, stream, partition),
+    )
+    row = conn.execute(
+        """UPDATE consumer_checkpoints
+              SET owner = %s, epoch = epoch + 1, lease_until = now() + make_interval(secs => %s),
+                  updated_at = now()
+            WHERE consumer = %s AND stream = %s AND partition = %s
+              AND (owner IS NULL OR owner = %s OR lease_until < now())
+        RETURNING epoch, next_offset""",
+        (owner, LEASE_SECONDS, consumer, stream, partition, owner),
+    ).fetchone()
+    if row is None:
+        return None
+    return Lease(consumer, stream, partition, owner, row[0], row[1])
+
+
+def advance(conn: psycopg.Connection, lease: Lease, new_offset: int) -> Lease:
+    """Move the checkpoint to `new_offset` inside the caller's transaction, or raise `Fenced`."""
+    cur = conn.execute(
+        """UPDATE consumer_checkpoints
+              SET next_offset = %s, lease_until = now() + make_interval(secs => %s), updated_at = now()
+            WHERE consumer = %s AND stream = %s AND partition = %s AND epoch = %s AND next_offset = %s""",
+        (new_offset, LEASE_SECONDS, lease.consumer, lease.stream, lease.partition, lease.epoch,
+         lease.next_offset),
+    )
+    if cur.rowcount != 1:
+        raise Fenced(f"{lease.consumer} lost {lease.stream}/{lease.partition} (epoch {lease.epoch})")
+    return Lease(lease.consumer, lease.stream, lease.partition, lease.owner, lease.epoch, new_offset)
+
+
+def release(conn: psycopg.Connection, lease: Lease) -> None:
+    conn.execute(
+        """UPDATE consumer_checkpoints SET owner = NULL, lease_until = NULL
+            WHERE consumer = %s AND stream = %s AND partition = %s AND epoch = %s""",
+        (lease.consumer, lease.stream, lease.partition, lease.epoch),
+    )
+
+
+def watermarks(conn: psycopg.Connection, consumer: str, stream: str, partitions: list[int]) -> dict[int, int]:
+    """The applied basis: exclusive-next offset per partition (0 where nothing was applied)."""
+    found = dict(conn.execute(
+        "SELECT partition, next_offset FROM consumer_checkpoints WHERE consumer = %s AND stream = %s",
+        (consumer, stream),
+    ).fetchall())
+    return {p: int(found.get(p, 0)) for p in partitions}
+
+
+def record_failures(conn: psycopg.Connection, consumer: str, stream: str,
+                    failures: list[tuple[int, int, str | None, str, str]]) -> None:
+    """Ledger (partition, offset, event_id, reason_code, detail) rows; a redelivery is a no-op."""
+    if not failures:
+        return
+    conn.cursor().executemany(
+        """INSERT INTO apply_failures (consumer, stream, partition, "offset", event_id, reason_code, detail)
+           VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+        [(consumer, stream, p, o, e, code, detail[:1000]) for p, o, e, code, detail in failures],
+    )
+
+
+def bump_counters(conn: psycopg.Connection, consumer: str, stream: str, partition: int, *, applied: int,
+                  duplicates: int, failures: int, last_ts_us: int | None) -> None:
+    conn.execute(
+        """INSERT INTO consumer_counters AS c (consumer, stream, partition, applied, duplicates, failures,
+                                              last_event_ts_us)
+           VALUES (%s, %s, %s, %s, %s, %s, %s)
+           ON CONFLICT (consumer, stream, partition) DO UPDATE SET
+               applied = c.applied + EXCLUDED.applied,
+               duplicates = c.duplicates + EXCLUDED.duplicates,
+               failures = c.failures + EXCLUDED.failures,
+               last_event_ts_us = GREATEST(c.last_event_ts_us, EXCLUDED.last_event_ts_us)""",
+        (consumer, stream, partition, applied, duplicates, failures, last_ts_us),
+    )

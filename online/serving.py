@@ -1,0 +1,122 @@
+"""get_features: a deterministic snapshot with provenance, durable before it is returned.
+
+State and input basis are read in one REPEATABLE READ transaction, so the basis returned is
+exactly the state that answered. The response is written to the snapshot outbox in that same
+transaction; only after commit is it returned.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import polars as pl
+import psycopg
+
+from online.bus.base import EventBus
+from online.checkpoints import watermarks
+from online.ofp_state import CONSUMER, OfpStateReader, register_groups
+from pipelines.features import AS_OF, KEY, point_features
+from pipelines.registry import Registry
+from pipelines.snapshot import assemble, error_response, input_basis
+from runtime.errors import FpError, Unavailable
+from runtime.postgres import Database
+from schemas.requests import InvalidRequest, parse_request
+from schemas.streams import TRAFFIC
+
+
+class FeatureServer:
+    """The in-process serving API (notebooks, a decision service, `fp get-features`)."""
+
+    def __init__(self, db: Database, bus: EventBus, registry: Registry) -> None:
+        self.db = db
+        self.registry = registry
+        self.partitions = bus.partitions(TRAFFIC)
+        self._conn: psycopg.Connection | None = None
+        self._reader: OfpStateReader | None = None
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = self.db.connect(autocommit=True)  # transactions are explicit below
+            self._reader = OfpStateReader(register_groups(self._conn, self.registry))
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    def get_features(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Serve one request; always returns a response object (success or error_response)."""
+        pins = request.get("context_pins") if isinstance(request, dict) else None
+        pins = pins if isinstance(pins, dict) else None
+        try:
+            parsed = parse_request(request, self.registry)
+        except InvalidRequest as exc:
+            return error_response("INVALID_REQUEST", exc.message, False, _safe_pins(pins))
+        try:
+            return self._serve(parsed)
+        except (psycopg.OperationalError, psycopg.InterfaceError, Unavailable):
+            self._conn = None
+            return error_response("UNAVAILABLE", "feature state is temporarily unavailable", True,
+                                  parsed.context_pins)
+        except _NotFound as exc:
+            return error_response("NOT_FOUND", str(exc), False, parsed.context_pins)
+        except FpError as exc:
+            return error_response("UNAVAILABLE", exc.message, exc.retryable, parsed.context_pins)
+
+    def _serve(self, request) -> dict[str, Any]:
+        conn = self._connection()
+        reader = self._reader
+        assert reader is not None  # set with the connection
+        try:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            scope_id = reader.scope_id(conn, request.context_pins)
+            if scope_id is None:
+                raise _NotFound("nothing has been applied for these context pins")
+            basis = input_basis(TRAFFIC, watermarks(conn, CONSUMER, TRAFFIC, self.partitions))
+            frames: dict[tuple[str, str], pl.DataFrame] = {}
+            for group in request.groups:
+                key_ids = [key_id for key_type, key_id in request.keys if key_type == group.key_type]
+                contribs = reader.contributions(conn, scope_id, group, key_ids, request.as_of_us)
+                queries = pl.DataFrame({KEY: key_ids, AS_OF: [request.as_of_us] * len(key_ids)},
+                                       schema={KEY: pl.String(), AS_OF: pl.Int64()})
+                frames[group.ref] = point_features(contribs, queries, group)
+            response = assemble(request, frames, basis,
+                                {"registry_digest": self.registry.digest})
+            digest = response["snapshot"]["feature_snapshot_hash"]
+            conn.execute(
+                """INSERT INTO snapshot_outbox (snapshot_hash, response) VALUES (%s, %s)
+                   ON CONFLICT DO NOTHING""",
+                (digest, json.dumps(response, sort_keys=True)),
+            )
+            warnings = response["provenance"]["warnings"]
+            conn.execute(
+                """INSERT INTO serve_counters (name, value)
+                   SELECT * FROM unnest(%s::text[], %s::bigint[])
+                   ON CONFLICT (name) DO UPDATE SET value = serve_counters.value + EXCLUDED.value""",
+                (["snapshots_built", "groups_served", "stale_groups", "no_data_groups"],
+                 [1, len(response["provenance"]["freshness"]),
+                  sum(w["code"] == "STALE_GROUP" for w in warnings), sum(w["code"] == "NO_DATA" for w in warnings)]),
+            )
+            conn.execute("COMMIT")
+            return response
+        except BaseException:
+            if not conn.closed:
+                conn.execute("ROLLBACK")
+            raise
+
+
+class _NotFound(Exception):
+    pass
+
+
+def _safe_pins(pins: dict[str, Any] | None) -> dict[str, str] | None:
+    """Echo pins in an error only when they are valid (never reflect arbitrary input)."""
+    from schemas.envelope import validate_pins
+
+    if pins is None:
+        return None
+    try:
+        return validate_pins(pins)
+    except FpError:
+        return None

@@ -1,0 +1,120 @@
+"""Feature math: the registry's definitions compiled into polars expressions.
+
+One compilation per feature (`aggregate_expr`) serves every path: online serving and parity
+evaluate it at arbitrary as-of points (`point_features`), dataset builds evaluate it in rolling
+windows ending at each transaction (`rolling_features`). Window membership is exact:
+`T - w < ts <= T`, in integer microseconds.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from pipelines.registry import DerivedDef, FeatureDef, GroupDef
+
+TS = "ts_us"
+KEY = "key_id"
+AS_OF = "as_of_us"
+LAST_UPDATE = "last_update_us"
+
+TRANSACTION_COLUMNS: dict[str, pl.DataType] = {
+    "partition": pl.Int32(), "offset": pl.Int64(), "event_id": pl.String(), TS: pl.Int64(),
+    "account_id": pl.String(), "card_id": pl.String(), "customer_id": pl.String(),
+    "merchant_id": pl.String(), "device_id": pl.String(), "amount_minor": pl.Int64(), "channel": pl.String(),
+}
+FIELD_TYPES: dict[str, pl.DataType] = {
+    "amount_minor": pl.Int64(), "merchant_id": pl.String(), "card_id": pl.String(),
+    "account_id": pl.String(), "channel": pl.String(),
+}
+
+
+def contribution_schema(group: GroupDef) -> dict[str, pl.DataType]:
+    return {KEY: pl.String(), TS: pl.Int64(), **{f: FIELD_TYPES[f] for f in group.fields}}
+
+
+def contributions(transactions: pl.DataFrame, group: GroupDef, carry: tuple[str, ...] = ()) -> pl.DataFrame:
+    """What one group keeps of each transaction: its key, the event time, the fields it reads
+    (plus any `carry` columns the caller needs alongside, such as the bus position).
+
+    A transaction with no key for the group (a null device) is not a source event of the group.
+    """
+    return (
+        transactions.lazy()
+        .filter(pl.col(group.key_field).is_not_null())
+        .select(*carry, pl.col(group.key_field).alias(KEY), pl.col(TS), *[pl.col(f) for f in group.fields])
+        .collect()
+    )
+
+
+def _condition(feature: FeatureDef, in_window: pl.Expr) -> pl.Expr:
+    if feature.where is None:
+        return in_window
+    column = pl.col(feature.where.field)
+    test = column == feature.where.value if feature.where.op == "equal" else column != feature.where.value
+    return in_window & test
+
+
+def aggregate_expr(feature: FeatureDef, in_window: pl.Expr) -> pl.Expr:
+    """The aggregation of one feature over the rows where `in_window` holds (null counts as false)."""
+    cond = _condition(feature, in_window).fill_null(False)
+    count = cond.sum().cast(pl.Int64)
+    if feature.agg == "count":
+        expr = count
+    elif feature.agg == "sum":
+        expr = pl.col(feature.field).filter(cond).sum().cast(pl.Int64)
+    elif feature.agg == "max":
+        expr = pl.col(feature.field).filter(cond).max().cast(pl.Int64)
+    elif feature.agg == "mean":
+        total = pl.col(feature.field).filter(cond).sum().cast(pl.Int64).cast(pl.Float64)
+        expr = pl.when(count > 0).then(total / count.cast(pl.Float64)).otherwise(None)
+    else:  # count_distinct
+        expr = pl.col(feature.field).filter(cond).drop_nulls().n_unique().cast(pl.Int64)
+    return expr.alias(feature.name)
+
+
+def derived_expr(derived: DerivedDef) -> pl.Expr:
+    num = pl.col(derived.numerator).cast(pl.Float64)
+    den = pl.col(derived.denominator)
+    return pl.when(den != 0).then(num / den.cast(pl.Float64)).otherwise(None).alias(derived.name)
+
+
+def window_mask(width_us: int) -> pl.Expr:
+    return (pl.col(TS) > pl.col(AS_OF) - width_us) & (pl.col(TS) <= pl.col(AS_OF))
+
+
+def point_features(contribs: pl.DataFrame, queries: pl.DataFrame, group: GroupDef) -> pl.DataFrame:
+    """Features and last update time for each (key_id, as_of_us) query, from the key's contributions.
+
+    Returns one row per distinct query with the group's features (sorted names) and `last_update_us`.
+    """
+    queries = queries.select(pl.col(KEY).cast(pl.String), pl.col(AS_OF).cast(pl.Int64)).unique()
+    contribs = contribs.select([pl.col(c).cast(t) for c, t in contribution_schema(group).items()])
+    joined = queries.lazy().join(contribs.lazy(), on=KEY, how="left")
+    lookback = window_mask(group.lookback_us)
+    aggs = [aggregate_expr(f, window_mask(f.window_us)) for f in group.features]
+    aggs.append(pl.col(TS).filter(lookback.fill_null(False)).max().alias(LAST_UPDATE))
+    result = joined.group_by(KEY, AS_OF).agg(aggs)
+    if group.derived:
+        result = result.with_columns([derived_expr(d) for d in group.derived])
+    return result.select(KEY, AS_OF, *group.feature_names, LAST_UPDATE).sort(KEY, AS_OF).collect()
+
+
+def rolling_features(contribs: pl.DataFrame, group: GroupDef, row_id: str) -> pl.DataFrame:
+    """Features as of each contribution's own event time (inclusive of events at the same instant).
+
+    `contribs` carries a unique `row_id` column; the result has `row_id`, the features and
+    `last_update_us` (which, as of its own time, is that time).
+    """
+    frame = contribs.sort(KEY, TS)
+    out = frame.select(row_id, KEY, TS)
+    every_row = pl.col(TS).is_not_null()
+    for width in sorted({f.window_us for f in group.features}):
+        members = [f for f in group.features if f.window_us == width]
+        rolled = frame.rolling(TS, period=f"{width}i", closed="right", group_by=KEY).agg(
+            [aggregate_expr(f, every_row) for f in members]
+        )
+        # rows at the same (key, instant) share one window, so (key, ts) identifies the values
+        out = out.join(rolled.unique([KEY, TS]), on=[KEY, TS], how="left")
+    if group.derived:
+        out = out.with_columns([derived_expr(d) for d in group.derived])
+    return out.with_columns(pl.col(TS).alias(LAST_UPDATE)).select(row_id, *group.feature_names, LAST_UPDATE)

@@ -1,0 +1,130 @@
+"""Assembling a get_features response from computed group frames, and its pinned hash.
+
+Pure: given the request, the per-group feature frames and the input basis, the response is
+fully determined. The online server and the offline parity rebuild both call `assemble`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from pipelines.canonical import sha256_ref
+from pipelines.features import AS_OF, KEY, LAST_UPDATE
+from pipelines.timefmt import US_PER_SECOND, format_ts
+from schemas.requests import CONTRACT_VERSION, FeatureRequest
+
+HASHED_FIELDS = ("context_pins", "as_of_time_utc", "feature_keys", "feature_groups", "by_key", "freshness",
+                 "graph_version", "input_basis", "warnings")
+
+
+def snapshot_hash(response: dict[str, Any]) -> str:
+    """Recompute `feature_snapshot_hash` from a stored get_features_response (SPEC §5)."""
+    provenance, snapshot = response["provenance"], response["snapshot"]
+    requested = provenance["requested"]
+    payload = {
+        "context_pins": provenance["context_pins"],
+        "as_of_time_utc": requested["as_of_time_utc"],
+        "feature_keys": requested["feature_keys"],
+        "feature_groups": requested["feature_groups"],
+        "by_key": snapshot["by_key"],
+        "freshness": provenance["freshness"],
+        "graph_version": provenance["graph_version"],
+        "input_basis": provenance["input_basis"],
+        "warnings": provenance["warnings"],
+    }
+    return sha256_ref(payload)
+
+
+def input_basis(stream_name: str, watermarks: dict[int, int]) -> dict[str, Any]:
+    return {"stream_name": stream_name, "watermark_basis": {str(p): watermarks[p] for p in sorted(watermarks)}}
+
+
+def assemble(
+    request: FeatureRequest,
+    group_frames: dict[tuple[str, str], pl.DataFrame],
+    basis: dict[str, Any],
+    extra_provenance: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build the success response. `group_frames[ref]` has one row per requested key of its type
+    (columns key_id, as_of_us, features..., last_update_us)."""
+    as_of = request.as_of_us
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for group in request.groups:
+        frame = group_frames[group.ref]
+        for row in frame.filter(pl.col(AS_OF) == as_of).iter_rows(named=True):
+            rows[(group.group_name, group.group_version, row[KEY])] = row  # type: ignore[index]
+    by_key: list[dict[str, Any]] = []
+    freshness: list[dict[str, Any]] = []
+    warnings: list[dict[str, Any]] = []
+    for key_type, key_id in request.keys:
+        by_group = []
+        for group in request.groups:
+            if group.key_type != key_type:
+                continue
+            row = rows[(group.group_name, group.group_version, key_id)]  # type: ignore[index]
+            by_group.append({
+                "group": {"group_name": group.group_name, "group_version": group.group_version},
+                "features": {name: row[name] for name in group.feature_names},
+            })
+            last = row[LAST_UPDATE]
+            if last is None:
+                age, stale, code = None, True, "NO_DATA"
+            else:
+                delta = as_of - last
+                age, stale = delta // US_PER_SECOND, delta > group.ttl_seconds * US_PER_SECOND
+                code = "STALE_GROUP" if stale else None
+            freshness.append({
+                "key_type": key_type, "key_id": key_id, "group_name": group.group_name,
+                "group_version": group.group_version, "ttl_seconds": group.ttl_seconds,
+                "last_update_event_time": None if last is None else format_ts(last),
+                "age_seconds": age, "stale": stale,
+            })
+            if code:
+                warnings.append({"code": code, "key_type": key_type, "key_id": key_id,
+                                 "group_name": group.group_name, "group_version": group.group_version})
+        by_key.append({"feature_key": {"key_type": key_type, "key_id": key_id}, "by_group": by_group})
+    warnings.sort(key=lambda w: (w["key_type"], w["key_id"], w["group_name"], w["group_version"], w["code"]))
+    requested = request.requested()
+    provenance: dict[str, Any] = {
+        "kind": "feature_provenance",
+        "contract_version": CONTRACT_VERSION,
+        "context_pins": request.context_pins,
+        "feature_snapshot_hash": "",
+        "requested": requested,
+        "group_versions_used": requested["feature_groups"],
+        "freshness": freshness,
+        "graph_version": None,
+        "input_basis": basis,
+        "warnings": warnings,
+        "definition_digests": {f"{g.group_name}@{g.group_version}": g.digest for g in request.groups},
+        **(extra_provenance or {}),
+    }
+    response: dict[str, Any] = {
+        "kind": "get_features_response",
+        "contract_version": CONTRACT_VERSION,
+        "snapshot": {
+            "kind": "feature_snapshot",
+            "contract_version": CONTRACT_VERSION,
+            "context_pins": request.context_pins,
+            "as_of_time_utc": request.as_of_time_utc,
+            "feature_snapshot_hash": "",
+            "by_key": by_key,
+        },
+        "provenance": provenance,
+    }
+    digest = snapshot_hash(response)
+    response["snapshot"]["feature_snapshot_hash"] = digest
+    provenance["feature_snapshot_hash"] = digest
+    if request.request_id is not None:
+        response["request_id"] = request.request_id
+    return response
+
+
+def error_response(code: str, message: str, retryable: bool, pins: dict[str, str] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"kind": "error_response", "contract_version": CONTRACT_VERSION,
+                            "error_code": code, "message": message, "retryable": retryable}
+    if pins is not None:
+        body["context_pins"] = pins
+    return body
