@@ -26,8 +26,8 @@ INDEX_ENTRY = struct.Struct(">Q")
 
 
 class EmbeddedBus:
-    def __init__(self, root: Path, partitions: int) -> None:
-        self.root = root
+    def __init__(self, root: Path | str, partitions: int) -> None:
+        self.root = Path(root)
         self.partition_count = partitions
 
     def _dir(self, stream: str) -> Path:

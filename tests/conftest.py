@@ -1,0 +1,85 @@
+"""Real services once per session: one embedded Postgres (a fresh database per test) and, for the
+parity adapters, one moto server on 127.0.0.1. Every test gets its own FP_HOME."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime.migrations import migrate
+from runtime.postgres import Database, start_embedded
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Database]:
+    root = Path(tempfile.mkdtemp(prefix="fp-pg-"))
+    dsn = start_embedded(root / "pg", stop_at_exit=True)
+    admin = Database(dsn)
+    with admin.connect(autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS fp_template")
+        conn.execute("CREATE DATABASE fp_template")
+    migrate(admin.with_database("fp_template"))
+    yield admin
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture()
+def db(pg_server: Database) -> Database:
+    """A fresh, migrated database for this test (copied from a migrated template)."""
+    name = f"t_{os.getpid()}_{next(_counter)}"
+    with pg_server.connect(autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE fp_template")
+    return pg_server.with_database(name)
+
+
+@pytest.fixture()
+def empty_db(pg_server: Database) -> Database:
+    """A fresh database with no migrations applied."""
+    name = f"e_{os.getpid()}_{next(_counter)}"
+    with pg_server.connect(autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return pg_server.with_database(name)
+
+
+@pytest.fixture()
+def fp_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "fp_home"
+    home.mkdir()
+    monkeypatch.setenv("FP_HOME", str(home))
+    monkeypatch.delenv("FP_PROFILE", raising=False)
+    return home
+
+
+@pytest.fixture()
+def app(db: Database, fp_home: Path, monkeypatch: pytest.MonkeyPatch):
+    """An App on the test's database and FP_HOME (the local profile otherwise)."""
+    from runtime.app import App
+    from runtime.settings import load_settings
+
+    monkeypatch.setenv("FP_PG_DSN", db.dsn.reveal())
+    application = App(load_settings())
+    application.__dict__["db"] = db
+    application.init()
+    return application
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    yield f"http://{host}:{port}"
+    server.stop()

@@ -1,0 +1,41 @@
+"""Small builders for hand-written test events and requests."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pipelines.timefmt import format_ts, parse_rfc3339
+
+PINS = {"scenario_id": "scn_t", "run_id": "run_t", "manifest_fingerprint": "mf_t", "parameter_hash": "ph_t"}
+T0 = parse_rfc3339("2026-01-03T12:00:00Z")
+S = 1_000_000
+
+
+def txn(n: int, ts_us: int, *, account: str = "a1", card: str = "c1", merchant: str = "m1",
+        device: str | None = "d1", customer: str = "u1", amount: int = 100, channel: str = "ecom",
+        pins: dict[str, str] | None = None, run: str = "prun_t", event_id: str | None = None) -> dict[str, Any]:
+    return {
+        "event_id": event_id or f"txn_{n}", "event_type": "transaction_event", "schema_version": "v1",
+        "ts_utc": format_ts(ts_us), "context_pins": pins or PINS, "seed": 1, "platform_run_id": run,
+        "payload": {
+            "flow_id": f"flow_{n}", "merchant_id": f"e_merchant_{merchant}", "arrival_seq": n,
+            "account_id": f"e_account_{account}", "card_id": f"e_card_{card}", "customer_id": f"e_customer_{customer}",
+            "device_id": None if device is None else f"e_device_{device}", "amount_minor": amount,
+            "currency": "EUR", "channel": channel,
+        },
+    }
+
+
+def lines(events: list[dict[str, Any]]) -> list[str]:
+    return [json.dumps(e) for e in events]
+
+
+def request(keys: list[tuple[str, str]], groups: list[tuple[str, str]], as_of_us: int,
+            pins: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "kind": "get_features_request", "contract_version": "ofp_public_contracts_v0",
+        "context_pins": pins or PINS, "as_of_time_utc": format_ts(as_of_us),
+        "feature_keys": [{"key_type": t, "key_id": f"e_{t}_{i}"} for t, i in keys],
+        "feature_groups": [{"group_name": n, "group_version": v} for n, v in groups],
+    }
