@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -30,10 +31,8 @@ def bus(request, tmp_path):
     client = boto3.client("kinesis", region_name="us-east-1", endpoint_url=endpoint)
     name_bus = KinesisEventBus(client, 4)
     # each test its own stream state: delete leftovers from earlier tests
-    try:
+    with contextlib.suppress(client.exceptions.ResourceNotFoundException):
         client.delete_stream(StreamName=TRAFFIC, EnforceConsumerDeletion=True)
-    except client.exceptions.ResourceNotFoundException:
-        pass
     return name_bus
 
 
@@ -60,7 +59,7 @@ def test_append_and_read_back_in_order(bus):
     items = [(f"k{i % 7}", f"v{i}".encode()) for i in range(40)]
     positions = bus.append(TRAFFIC, items)
     assert len(positions) == 40
-    for (key, value), (partition, _) in zip(items, positions, strict=True):
+    for (key, _value), (partition, _) in zip(items, positions, strict=True):
         assert partition == partition_for(key, 4)
     for partition in bus.partitions(TRAFFIC):
         records = read_all(bus, TRAFFIC, partition)
@@ -147,6 +146,6 @@ def test_kill_9_mid_append_never_leaves_a_torn_record(tmp_path):
             text = r.value.decode()
             assert len(text) % 5000 == 0 and text == text[: len(text) // 5000] * 5000
         # the next appender truncates any torn tail and continues densely
-        (p, o), = bus.append(TRAFFIC, [("k", b"after-crash")])
+        (_p, o), = bus.append(TRAFFIC, [("k", b"after-crash")])
         assert o == len(records)
         assert bus.read(TRAFFIC, 0, o, 1).records[0].value == b"after-crash"

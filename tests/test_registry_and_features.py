@@ -65,8 +65,8 @@ def test_point_features_agree_with_brute_force(seed):
     probes = sorted({e["ts_us"] + d for e in events[:40] for d in (0, -1, 1, 300 * S, 3600 * S)})
     for group in registry.all():
         contribs = contributions(frame, group)
-        keys = sorted({e[group.key_field] for e in events if e[group.key_field] is not None}) + [
-            f"e_{group.key_type}_unseen"]
+        seen = {e[group.key_field] for e in events if e[group.key_field] is not None}
+        keys = [*sorted(seen), f"e_{group.key_type}_unseen"]
         queries = pl.DataFrame([(k, t) for k in keys for t in probes], schema={KEY: pl.String, AS_OF: pl.Int64},
                                orient="row")
         result = point_features(contribs, queries, group)

@@ -1,0 +1,237 @@
+"""The OFP acceptance scenarios (seed 003 §15.2), idempotency properties and crash-restart."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from online.admission import Publisher
+from online.ofp_worker import OfpWorker
+from online.serving import FeatureServer
+from online.snapshot_store import flush_outbox, get_snapshot
+from pipelines.snapshot import snapshot_hash
+from schemas.streams import TRAFFIC
+from tests import reference
+from tests.helpers import PINS, S, T0, lines, request, txn
+
+ALL_GROUPS = [("txn_velocity", "1.0"), ("txn_velocity", "2.0"), ("card_velocity", "1.0"),
+              ("merchant_activity", "1.0"), ("device_reuse", "1.0"), ("customer_spend", "1.0")]
+ALL_KEYS = [("account", "a1"), ("card", "c1"), ("merchant", "m1"), ("device", "d1"), ("customer", "u1")]
+
+
+def publish_and_apply(app, events, batch_size=5000):
+    Publisher(app.db, app.bus).publish(TRAFFIC, lines(events), "test")
+    OfpWorker(app.db, app.bus, app.registry, batch_size=batch_size).run_until_idle()
+
+
+def serve(app, req):
+    server = FeatureServer(app.db, app.bus, app.registry)
+    try:
+        return server.get_features(req)
+    finally:
+        server.close()
+
+
+def test_dod1_and_dod2_invalid_requests(app):
+    publish_and_apply(app, [txn(1, T0)])
+    raw_card = request([("card", "c1")], [("card_velocity", "1.0")], T0)
+    raw_card["feature_keys"][0]["key_id"] = "4111111111111111"
+    no_as_of = request([("card", "c1")], [("card_velocity", "1.0")], T0)
+    del no_as_of["as_of_time_utc"]
+    unknown_version = request([("card", "c1")], [("card_velocity", "9.9")], T0)
+    orphan_group = request([("card", "c1")], [("merchant_activity", "1.0")], T0)
+    too_many = request([("card", f"c{i}") for i in range(101)], [("card_velocity", "1.0")], T0)
+    for bad in (raw_card, no_as_of, unknown_version, orphan_group, too_many, {"kind": "x"}):
+        response = serve(app, bad)
+        assert response["kind"] == "error_response"
+        assert response["error_code"] == "INVALID_REQUEST" and response["retryable"] is False
+        assert "snapshot" not in response
+
+
+def test_not_found_for_pins_never_applied(app):
+    publish_and_apply(app, [txn(1, T0)])
+    other = {**PINS, "run_id": "run_other"}
+    response = serve(app, request([("card", "c1")], [("card_velocity", "1.0")], T0, pins=other))
+    assert response["error_code"] == "NOT_FOUND" and response["retryable"] is False
+
+
+def test_dod3_deterministic_hash_and_dod7_provenance(app):
+    publish_and_apply(app, [txn(i, T0 - i * 60 * S, amount=100 + i) for i in range(5)])
+    req = request(ALL_KEYS, ALL_GROUPS, T0)
+    first, second = serve(app, req), serve(app, req)
+    assert first == second
+    digest = first["snapshot"]["feature_snapshot_hash"]
+    assert digest == first["provenance"]["feature_snapshot_hash"] == snapshot_hash(first)
+    prov = first["provenance"]
+    assert prov["context_pins"] == PINS
+    assert prov["group_versions_used"] == [{"group_name": n, "group_version": v} for n, v in sorted(ALL_GROUPS)]
+    assert prov["input_basis"]["stream_name"] == TRAFFIC
+    assert sum(prov["input_basis"]["watermark_basis"].values()) == 5
+    assert prov["graph_version"] is None
+    assert len(prov["freshness"]) == len(ALL_GROUPS)
+    keys = [k["feature_key"] for k in first["snapshot"]["by_key"]]
+    assert keys == sorted(keys, key=lambda k: (k["key_type"], k["key_id"]))
+    # hand-computed values for the account: 5 txns one minute apart ending at T0, amounts 100..104
+    account = next(k for k in first["snapshot"]["by_key"] if k["feature_key"]["key_type"] == "account")
+    v2 = next(g for g in account["by_group"] if g["group"]["group_version"] == "2.0")["features"]
+    assert v2["txn_count_5m"] == 5  # T0-4min .. T0, all inside (T0-5m, T0]
+    assert v2["txn_amount_sum_1h_minor"] == 510
+    assert v2["txn_amount_max_24h_minor"] == 104
+    assert v2["txn_amount_mean_1h_minor"] == 102.0
+    assert list(v2) == sorted(v2)
+
+
+def test_dod4_stale_served_but_flagged_and_no_data(app):
+    publish_and_apply(app, [txn(1, T0, device=None)])
+    response = serve(app, request([("account", "a1"), ("device", "d9")],
+                                  [("txn_velocity", "1.0"), ("device_reuse", "1.0")], T0 + 601 * S))
+    assert response["kind"] == "get_features_response"
+    fresh = {f["group_name"]: f for f in response["provenance"]["freshness"]}
+    assert fresh["txn_velocity"]["stale"] is True and fresh["txn_velocity"]["age_seconds"] == 601
+    assert fresh["device_reuse"]["last_update_event_time"] is None and fresh["device_reuse"]["stale"] is True
+    codes = [(w["group_name"], w["code"]) for w in response["provenance"]["warnings"]]
+    assert codes == [("txn_velocity", "STALE_GROUP"), ("device_reuse", "NO_DATA")]
+    # exactly at the ttl boundary it is not stale (stale means age > ttl)
+    edge = serve(app, request([("account", "a1")], [("txn_velocity", "1.0")], T0 + 600 * S))
+    assert edge["provenance"]["freshness"][0]["stale"] is False and edge["provenance"]["warnings"] == []
+
+
+def test_dod5_duplicates_do_not_double_count(app):
+    event = txn(1, T0)
+    publish_and_apply(app, [event])
+    app.bus.append(TRAFFIC, [(event["payload"]["flow_id"], json.dumps(event).encode())])  # producer retry
+    OfpWorker(app.db, app.bus, app.registry).run_until_idle()
+    response = serve(app, request([("account", "a1")], [("txn_velocity", "1.0")], T0))
+    assert response["snapshot"]["by_key"][0]["by_group"][0]["features"]["txn_count_5m"] == 1
+    assert sum(response["provenance"]["input_basis"]["watermark_basis"].values()) == 2
+
+
+def test_dod6_out_of_order_is_event_time_driven(app):
+    events = [txn(i, T0 - i * 30 * S) for i in range(6)]  # published newest first
+    publish_and_apply(app, events, batch_size=2)
+    response = serve(app, request([("account", "a1")], [("txn_velocity", "1.0")], T0 - 60 * S))
+    features = response["snapshot"]["by_key"][0]["by_group"][0]["features"]
+    assert features["txn_count_5m"] == 4  # T0-60s, -90s, -120s, -150s; later events never count
+    assert response["provenance"]["freshness"][0]["last_update_event_time"].startswith("2026-01-03T11:59:00")
+
+
+def test_dod8_unavailable_is_retryable_and_invents_nothing(app):
+    from runtime.postgres import Database
+    from runtime.secrets import Secret
+
+    publish_and_apply(app, [txn(1, T0)])
+    server = FeatureServer(Database(Secret("postgresql://nobody@127.0.0.1:9/x?connect_timeout=1")), app.bus,
+                           app.registry)
+    response = server.get_features(request([("account", "a1")], [("txn_velocity", "1.0")], T0))
+    assert response["error_code"] == "UNAVAILABLE" and response["retryable"] is True
+    assert "snapshot" not in response and "nobody" not in json.dumps(response)
+
+
+def test_snapshot_persisted_by_hash_once(app):
+    publish_and_apply(app, [txn(1, T0)])
+    req = request([("account", "a1")], [("txn_velocity", "1.0")], T0)
+    response = serve(app, req)
+    serve(app, req)
+    assert flush_outbox(app.db, app.store) == 1
+    digest = response["snapshot"]["feature_snapshot_hash"]
+    assert get_snapshot(app.db, app.store, digest) == response
+    objects = list((app.settings.home / "lake" / "snapshots").rglob("*.json"))
+    assert len(objects) == 1
+
+
+def test_served_values_agree_with_brute_force_on_a_simulated_run(app):
+    from runtime.simulate import SimulationPlan, simulate
+
+    plan = SimulationPlan(seed=3, transactions=300)
+    events = [e for s, e in simulate(plan) if s == TRAFFIC]
+    publish_and_apply(app, events, batch_size=64)
+    flat = [reference.flatten(e) for e in events]
+    rng = random.Random(5)
+    for _ in range(6):
+        e = rng.choice(flat)
+        as_of = e["ts_us"] + rng.choice([0, 1, 120 * S])
+        keys = [("account", e["account_id"]), ("card", e["card_id"]), ("merchant", e["merchant_id"]),
+                ("customer", e["customer_id"])] + ([("device", e["device_id"])] if e["device_id"] else [])
+        req = request([(t, i.split("_", 2)[2]) for t, i in keys],
+                      [g for g in ALL_GROUPS if g[0] != "device_reuse" or e["device_id"]], as_of,
+                      pins=plan.pins())
+        response = serve(app, req)
+        for entry in response["snapshot"]["by_key"]:
+            for group in entry["by_group"]:
+                label = f"{group['group']['group_name']}@{group['group']['group_version']}"
+                expected, _ = reference.features(flat, label, entry["feature_key"]["key_id"], as_of)
+                assert group["features"] == expected
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(order_seed=st.integers(0, 10_000), batch=st.integers(1, 7), dup_fraction=st.sampled_from([0.0, 0.3, 1.0]))
+def test_property_duplicates_disorder_and_batch_size_never_change_the_hash(pg_server, tmp_path_factory,
+                                                                           order_seed, batch, dup_fraction):
+    from runtime.app import App
+    from runtime.settings import load_settings
+    from tests.conftest import _counter
+
+    rng = random.Random(order_seed)
+    events = [txn(i, T0 - rng.randrange(0, 7200) * S, account=f"a{i % 3}", card=f"c{i % 4}",
+                  merchant=f"m{i % 2}", amount=rng.randrange(1000)) for i in range(14)]
+    shuffled = events[:]
+    rng.shuffle(shuffled)
+    hashes = []
+    for variant in (events, shuffled):
+        name = f"p_{next(_counter)}"
+        with pg_server.connect(autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name} TEMPLATE fp_template")
+        db = pg_server.with_database(name)
+        home = tmp_path_factory.mktemp("home")
+        app = App(load_settings({"FP_HOME": str(home), "FP_PG_DSN": db.dsn.reveal()}))
+        app.__dict__["db"] = db
+        app.init()
+        Publisher(app.db, app.bus).publish(TRAFFIC, lines(variant), "p",
+                                           inject_bus_duplicates=dup_fraction if variant is shuffled else 0.0)
+        OfpWorker(app.db, app.bus, app.registry, batch_size=batch if variant is shuffled else 5000).run_until_idle()
+        response = serve(app, request([("account", "a0"), ("card", "c1"), ("merchant", "m0")],
+                                      [("txn_velocity", "2.0"), ("card_velocity", "1.0"),
+                                       ("merchant_activity", "1.0")], T0))
+        hashes.append((response["snapshot"], response["provenance"]["freshness"]))
+    # same events, same values and freshness; the input basis differs only by the duplicate records
+    assert hashes[0][0]["by_key"] == hashes[1][0]["by_key"]
+    assert hashes[0][1] == hashes[1][1]
+
+
+def test_fenced_worker_cannot_apply_twice(app):
+    from online.checkpoints import Fenced, claim
+    from online.ofp_state import CONSUMER
+
+    Publisher(app.db, app.bus).publish(TRAFFIC, lines([txn(i, T0, event_id=f"x{i}") for i in range(8)]), "t")
+    partition = next(p for p in app.bus.partitions(TRAFFIC) if app.bus.end_offsets(TRAFFIC)[p])
+    stale = OfpWorker(app.db, app.bus, app.registry, owner="stale")
+    with app.db.transaction() as conn:
+        stale_lease = claim(conn, CONSUMER, TRAFFIC, partition, "stale")
+        conn.execute("UPDATE consumer_checkpoints SET lease_until = now() - interval '1 hour'")
+    fresh = OfpWorker(app.db, app.bus, app.registry, owner="fresh")
+    fresh.run_until_idle()
+    batch = app.bus.read(TRAFFIC, partition, 0, 100)
+    from online.ofp_worker import WorkerStats
+
+    try:
+        stale.apply_batch(stale_lease, [(r.partition, r.offset, r.value) for r in batch.records],
+                          batch.next_offset, WorkerStats())
+        raise AssertionError("a fenced worker applied a batch")
+    except Fenced:
+        pass
+    with app.db.transaction() as conn:
+        (count,) = conn.execute("SELECT count(*) FROM ofp_event_ids").fetchone()
+    assert count == 8
+
+
+def test_bad_record_goes_to_the_failure_ledger_and_the_worker_continues(app):
+    Publisher(app.db, app.bus).publish(TRAFFIC, lines([txn(1, T0)]), "t")
+    app.bus.append(TRAFFIC, [("flow_x", b"{not json"), ("flow_x", json.dumps(txn(2, T0)).encode())])
+    stats = OfpWorker(app.db, app.bus, app.registry).run_until_idle()
+    assert stats.failures == 1 and stats.applied == 2
+    with app.db.transaction() as conn:
+        rows = conn.execute('SELECT stream, partition, "offset", reason_code FROM apply_failures').fetchall()
+    assert len(rows) == 1 and rows[0][3] == "MALFORMED_RECORD"
