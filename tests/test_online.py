@@ -15,7 +15,7 @@ from online.snapshot_store import flush_outbox, get_snapshot
 from pipelines.snapshot import snapshot_hash
 from schemas.streams import TRAFFIC
 from tests import reference
-from tests.helpers import PINS, S, T0, lines, request, txn
+from tests.helpers import PINS, T0, S, lines, request, txn
 
 ALL_GROUPS = [("txn_velocity", "1.0"), ("txn_velocity", "2.0"), ("card_velocity", "1.0"),
               ("merchant_activity", "1.0"), ("device_reuse", "1.0"), ("customer_spend", "1.0")]
