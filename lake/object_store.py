@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from runtime.errors import TerminalError
-from runtime.settings import LocalObjectStore, S3ObjectStore
+from runtime.settings import LocalObjectStore, S3ObjectStore, boto3_client
 
 SEGMENT = re.compile(r"^[A-Za-z0-9._=:-]{1,200}$")
 
@@ -100,15 +100,7 @@ class S3Store:
 
 
 def s3_client(settings: S3ObjectStore) -> Any:
-    import boto3
-
-    creds = settings.credentials
-    return boto3.client(
-        "s3", region_name=settings.region, endpoint_url=settings.endpoint_url,
-        aws_access_key_id=creds.access_key_id.reveal() if creds.access_key_id else None,
-        aws_secret_access_key=creds.secret_access_key.reveal() if creds.secret_access_key else None,
-        aws_session_token=creds.session_token.reveal() if creds.session_token else None,
-    )
+    return boto3_client("s3", settings.region, settings.endpoint_url, settings.credentials)
 
 
 def open_store(settings: LocalObjectStore | S3ObjectStore) -> ObjectStore:

@@ -45,6 +45,21 @@ class AwsCredentials:
     session_token: Secret | None
 
 
+def boto3_client(service: str, region: str, endpoint_url: str | None, credentials: AwsCredentials) -> Any:
+    """A boto3 client from explicit settings; the only place credentials are revealed to boto3."""
+    import boto3  # heavy; only adapters that talk to AWS call this
+
+    def reveal(secret: Secret | None) -> str | None:
+        return secret.reveal() if secret else None
+
+    return boto3.client(
+        service, region_name=region, endpoint_url=endpoint_url,
+        aws_access_key_id=reveal(credentials.access_key_id),
+        aws_secret_access_key=reveal(credentials.secret_access_key),
+        aws_session_token=reveal(credentials.session_token),
+    )
+
+
 @dataclass(frozen=True)
 class S3ObjectStore:
     kind: Literal["s3"]

@@ -31,22 +31,25 @@ def pg_server() -> Iterator[Database]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+def fresh_database(server: Database, *, migrated: bool = True) -> Database:
+    """A new database on the session server: a copy of the migrated template, or empty."""
+    name = f"t_{os.getpid()}_{next(_counter)}"
+    template = " TEMPLATE fp_template" if migrated else ""
+    with server.connect(autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}{template}")
+    return server.with_database(name)
+
+
 @pytest.fixture()
 def db(pg_server: Database) -> Database:
-    """A fresh, migrated database for this test (copied from a migrated template)."""
-    name = f"t_{os.getpid()}_{next(_counter)}"
-    with pg_server.connect(autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE fp_template")
-    return pg_server.with_database(name)
+    """A fresh, migrated database for this test."""
+    return fresh_database(pg_server)
 
 
 @pytest.fixture()
 def empty_db(pg_server: Database) -> Database:
     """A fresh database with no migrations applied."""
-    name = f"e_{os.getpid()}_{next(_counter)}"
-    with pg_server.connect(autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return pg_server.with_database(name)
+    return fresh_database(pg_server, migrated=False)
 
 
 @pytest.fixture()

@@ -172,7 +172,7 @@ def test_property_duplicates_disorder_and_batch_size_never_change_the_hash(pg_se
                                                                            order_seed, batch, dup_fraction):
     from runtime.app import App
     from runtime.settings import load_settings
-    from tests.conftest import _counter
+    from tests.conftest import fresh_database
 
     rng = random.Random(order_seed)
     events = [txn(i, T0 - rng.randrange(0, 7200) * S, account=f"a{i % 3}", card=f"c{i % 4}",
@@ -181,10 +181,7 @@ def test_property_duplicates_disorder_and_batch_size_never_change_the_hash(pg_se
     rng.shuffle(shuffled)
     hashes = []
     for variant in (events, shuffled):
-        name = f"p_{next(_counter)}"
-        with pg_server.connect(autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name} TEMPLATE fp_template")
-        db = pg_server.with_database(name)
+        db = fresh_database(pg_server)
         home = tmp_path_factory.mktemp("home")
         app = App(load_settings({"FP_HOME": str(home), "FP_PG_DSN": db.dsn.reveal()}))
         app.__dict__["db"] = db

@@ -15,7 +15,7 @@ from typing import Any
 
 from online.bus.base import BusRecord, ReadBatch, partition_for
 from runtime.errors import TerminalError, Unavailable
-from runtime.settings import KinesisBus
+from runtime.settings import KinesisBus, boto3_client
 from schemas.streams import stream_spec
 
 PUT_BATCH = 500
@@ -23,17 +23,7 @@ PUT_ATTEMPTS = 8
 
 
 def kinesis_client(settings: KinesisBus) -> Any:
-    import boto3  # boto3 lives in the adapters only
-
-    creds = settings.credentials
-    return boto3.client(
-        "kinesis",
-        region_name=settings.region,
-        endpoint_url=settings.endpoint_url,
-        aws_access_key_id=creds.access_key_id.reveal() if creds.access_key_id else None,
-        aws_secret_access_key=creds.secret_access_key.reveal() if creds.secret_access_key else None,
-        aws_session_token=creds.session_token.reveal() if creds.session_token else None,
-    )
+    return boto3_client("kinesis", settings.region, settings.endpoint_url, settings.credentials)
 
 
 class KinesisEventBus:
