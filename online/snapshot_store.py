@@ -1,7 +1,8 @@
 """Snapshot persistence: flush the outbox to the object store (content-addressed JSON) and index it.
 
 The outbox row is written in the serving transaction; this flusher is idempotent (same hash,
-same key, same bytes) so a crash mid-flush only repeats work.
+same key, same bytes; the snapshot lake commit names its batch) so a crash mid-flush only
+repeats work.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ import json
 import re
 from typing import Any
 
+import psycopg
+import pyarrow as pa
+
+from lake.delta import DeltaLake
 from lake.object_store import ObjectStore
 from pipelines.timefmt import parse_rfc3339
 from runtime.errors import TerminalError
@@ -22,47 +27,98 @@ def object_key(pins: dict[str, str], digest: str) -> str:
     return f"snapshots/{pins['scenario_id']}/{pins['run_id']}/{digest.removeprefix('sha256:')}.json"
 
 
-def flush_outbox(db: Database, store: ObjectStore, *, batch: int = 500) -> int:
-    """Persist pending outbox rows; returns how many were flushed."""
+SNAPSHOT_LAKE = "snapshots"
+BATCH_MARKER = "fp.snapshot_flush_batch"
+FLUSH_LOCK = (7_302, 0)
+
+
+def _next_batch(conn: psycopg.Connection, size: int) -> int | None:
+    """The oldest batch left unfinished by a crash, else a new batch of pending rows."""
+    row = conn.execute(
+        "SELECT min(flush_batch) FROM snapshot_outbox WHERE flushed_at IS NULL AND flush_batch IS NOT NULL"
+    ).fetchone()
+    if row and row[0] is not None:
+        return int(row[0])
+    batch_id = conn.execute("SELECT nextval('snapshot_flush_batch_seq')").fetchone()[0]  # type: ignore[index]
+    updated = conn.execute(
+        """UPDATE snapshot_outbox SET flush_batch = %s WHERE snapshot_hash IN (
+               SELECT snapshot_hash FROM snapshot_outbox WHERE flushed_at IS NULL AND flush_batch IS NULL
+                ORDER BY created_at, snapshot_hash LIMIT %s)""",
+        (batch_id, size),
+    )
+    return int(batch_id) if updated.rowcount else None
+
+
+def _lake_rows(rows: list[tuple[str, dict[str, Any], str, str]]) -> pa.Table:
+    out: dict[str, list[Any]] = {c: [] for c in (
+        "snapshot_hash", "scenario_id", "run_id", "manifest_fingerprint", "parameter_hash", "as_of_time_utc",
+        "as_of_us", "input_basis", "definition_digests", "object_ref", "response")}
+    for digest, response, text, ref in rows:
+        pins = response["snapshot"]["context_pins"]
+        prov = response["provenance"]
+        out["snapshot_hash"].append(digest)
+        for pin in ("scenario_id", "run_id", "manifest_fingerprint", "parameter_hash"):
+            out[pin].append(pins[pin])
+        out["as_of_time_utc"].append(response["snapshot"]["as_of_time_utc"])
+        out["as_of_us"].append(parse_rfc3339(response["snapshot"]["as_of_time_utc"]))
+        out["input_basis"].append(json.dumps(prov["input_basis"], sort_keys=True))
+        out["definition_digests"].append(json.dumps(prov.get("definition_digests", {}), sort_keys=True))
+        out["object_ref"].append(ref)
+        out["response"].append(text)
+    return pa.table(out)
+
+
+def flush_outbox(db: Database, store: ObjectStore, lake: DeltaLake, *, batch: int = 500) -> int:
+    """Persist pending outbox rows: object store, snapshot lake, Postgres index; returns how many.
+
+    One flusher at a time (advisory lock). Each batch is numbered in Postgres first; the Delta
+    commit carries the batch number, so a batch redone after a crash is not appended twice.
+    """
     flushed = 0
-    while True:
-        with db.transaction() as conn:
-            rows = conn.execute(
-                """SELECT snapshot_hash, response FROM snapshot_outbox WHERE flushed_at IS NULL
-                   ORDER BY created_at, snapshot_hash LIMIT %s FOR UPDATE SKIP LOCKED""",
-                (batch,),
-            ).fetchall()
-            if not rows:
-                return flushed
-            index_rows = []
-            for digest, text in rows:
-                response = json.loads(text)
-                pins = response["snapshot"]["context_pins"]
-                key = object_key(pins, digest)
-                ref = store.put(key, text.encode())
-                prov = response["provenance"]
-                index_rows.append((
-                    digest, pins["scenario_id"], pins["run_id"], pins["manifest_fingerprint"],
-                    pins["parameter_hash"], parse_rfc3339(response["snapshot"]["as_of_time_utc"]),
-                    json.dumps(prov["input_basis"], sort_keys=True),
-                    json.dumps(prov.get("definition_digests", {}), sort_keys=True), ref,
-                ))
-            conn.cursor().executemany(
-                """INSERT INTO snapshot_index (snapshot_hash, scenario_id, run_id, manifest_fingerprint,
-                       parameter_hash, as_of_us, input_basis, definition_digests, object_ref)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
-                index_rows,
-            )
-            conn.execute(
-                "UPDATE snapshot_outbox SET flushed_at = now() WHERE snapshot_hash = ANY(%s)",
-                ([r[0] for r in rows],),
-            )
-            conn.execute(
-                """INSERT INTO serve_counters (name, value) VALUES ('snapshots_persisted', %s)
-                   ON CONFLICT (name) DO UPDATE SET value = serve_counters.value + EXCLUDED.value""",
-                (len(rows),),
-            )
-            flushed += len(rows)
+    with db.connect(autocommit=True) as lock_conn:
+        held = lock_conn.execute("SELECT pg_try_advisory_lock(%s, %s)", FLUSH_LOCK).fetchone()
+        if not held or not held[0]:
+            return 0
+        try:
+            while True:
+                with db.transaction() as conn:
+                    batch_id = _next_batch(conn, batch)
+                    if batch_id is None:
+                        return flushed
+                    pending = conn.execute(
+                        "SELECT snapshot_hash, response FROM snapshot_outbox WHERE flush_batch = %s "
+                        "AND flushed_at IS NULL ORDER BY snapshot_hash", (batch_id,),
+                    ).fetchall()
+                rows = []
+                for digest, text in pending:
+                    response = json.loads(text)
+                    ref = store.put(object_key(response["snapshot"]["context_pins"], digest), text.encode())
+                    rows.append((digest, response, text, ref))
+                marker = lake.marker(SNAPSHOT_LAKE, BATCH_MARKER)
+                if rows and (marker is None or int(marker[1]) < batch_id):
+                    lake.append(SNAPSHOT_LAKE, _lake_rows(rows), marker=batch_id, marker_key=BATCH_MARKER)
+                with db.transaction() as conn:
+                    conn.cursor().executemany(
+                        """INSERT INTO snapshot_index (snapshot_hash, scenario_id, run_id, manifest_fingerprint,
+                               parameter_hash, as_of_us, input_basis, definition_digests, object_ref)
+                           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+                        [(digest, *[response["snapshot"]["context_pins"][p] for p in
+                                    ("scenario_id", "run_id", "manifest_fingerprint", "parameter_hash")],
+                          parse_rfc3339(response["snapshot"]["as_of_time_utc"]),
+                          json.dumps(response["provenance"]["input_basis"], sort_keys=True),
+                          json.dumps(response["provenance"].get("definition_digests", {}), sort_keys=True), ref)
+                         for digest, response, _, ref in rows],
+                    )
+                    conn.execute("UPDATE snapshot_outbox SET flushed_at = now() WHERE flush_batch = %s",
+                                  (batch_id,))
+                    conn.execute(
+                        """INSERT INTO serve_counters (name, value) VALUES ('snapshots_persisted', %s)
+                           ON CONFLICT (name) DO UPDATE SET value = serve_counters.value + EXCLUDED.value""",
+                        (len(rows),),
+                    )
+                flushed += len(rows)
+        finally:
+            lock_conn.execute("SELECT pg_advisory_unlock(%s, %s)", FLUSH_LOCK)
 
 
 def get_snapshot(db: Database, store: ObjectStore, digest: str) -> dict[str, Any]:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
 from pipelines.timefmt import parse_rfc3339
 from runtime.errors import RejectedEvent
 from schemas.envelope import normalize_event
-from schemas.frames import TRANSACTION_SCHEMA, invalid_rows
+from schemas.frames import LABEL_SCHEMA, TRANSACTION_SCHEMA, LabelFrame, TransactionFrame, invalid_rows
 
 
 @dataclass(frozen=True)
@@ -23,30 +24,28 @@ class ApplyFailure:
     detail: str
 
 
-def decode_transactions(records: Iterable[tuple[int, int, bytes]]) -> tuple[pl.DataFrame, list[ApplyFailure]]:
-    """(partition, offset, value) records -> a TransactionFrame and the records that cannot apply."""
+def _decode(records: Iterable[tuple[int, int, bytes]], event_type: str, schema: dict[str, pl.DataType],
+            model: type, flatten: Callable[[dict[str, Any]], tuple]) -> tuple[pl.DataFrame, list[ApplyFailure]]:
+    """Parse, normalise and contract-check records of one event type; the rest become failures."""
     rows: list[tuple] = []
     failures: list[ApplyFailure] = []
     for partition, offset, value in records:
         try:
             event = normalize_event(json.loads(value))
-            if event["event_type"] != "transaction_event":
-                raise RejectedEvent("WRONG_EVENT_TYPE", f"{event['event_type']} on the traffic stream")
+            if event["event_type"] != event_type:
+                raise RejectedEvent("WRONG_EVENT_TYPE", f"{event['event_type']} where {event_type} was expected")
         except (ValueError, RecursionError):
             failures.append(ApplyFailure(partition, offset, None, "MALFORMED_RECORD", "record is not JSON"))
             continue
         except RejectedEvent as exc:
             failures.append(ApplyFailure(partition, offset, None, exc.reason_code, exc.message))
             continue
-        pins, p = event["context_pins"], event["payload"]
-        rows.append((
-            partition, offset, event["platform_run_id"], event["event_id"], pins["scenario_id"], pins["run_id"],
-            pins["manifest_fingerprint"], pins["parameter_hash"], parse_rfc3339(event["ts_utc"]),
-            p["account_id"], p["card_id"], p["customer_id"], p["merchant_id"], p["device_id"],
-            p["amount_minor"], p["channel"],
-        ))
-    frame = pl.DataFrame(rows, schema=TRANSACTION_SCHEMA, orient="row")
-    bad = invalid_rows(frame)
+        pins = event["context_pins"]
+        rows.append((partition, offset, event["platform_run_id"], event["event_id"], event["payload"]["flow_id"],
+                     pins["scenario_id"], pins["run_id"], pins["manifest_fingerprint"], pins["parameter_hash"],
+                     *flatten(event)))
+    frame = pl.DataFrame(rows, schema=schema, orient="row")
+    bad = invalid_rows(frame, model)
     if bad:
         for index, check in sorted(bad.items()):
             row = frame.row(index, named=True)
@@ -54,6 +53,27 @@ def decode_transactions(records: Iterable[tuple[int, int, bytes]]) -> tuple[pl.D
                                          check))
         frame = frame.with_row_index("_i").filter(~pl.col("_i").is_in(list(bad))).drop("_i")
     return frame, failures
+
+
+def _transaction_fields(event: dict[str, Any]) -> tuple:
+    p = event["payload"]
+    return (parse_rfc3339(event["ts_utc"]), p["account_id"], p["card_id"], p["customer_id"], p["merchant_id"],
+            p["device_id"], p["amount_minor"], p["channel"])
+
+
+def _label_fields(event: dict[str, Any]) -> tuple:
+    p = event["payload"]
+    return (p["label"], parse_rfc3339(p["effective_time"]), parse_rfc3339(p["observed_time"]))
+
+
+def decode_transactions(records: Iterable[tuple[int, int, bytes]]) -> tuple[pl.DataFrame, list[ApplyFailure]]:
+    """(partition, offset, value) records -> a TransactionFrame and the records that cannot apply."""
+    return _decode(records, "transaction_event", TRANSACTION_SCHEMA, TransactionFrame, _transaction_fields)
+
+
+def decode_labels(records: Iterable[tuple[int, int, bytes]]) -> tuple[pl.DataFrame, list[ApplyFailure]]:
+    """(partition, offset, value) records -> a LabelFrame and the records that cannot apply."""
+    return _decode(records, "label_assertion", LABEL_SCHEMA, LabelFrame, _label_fields)
 
 
 def first_positions(frame: pl.DataFrame) -> pl.DataFrame:

@@ -19,11 +19,11 @@ HASHED_FIELDS = ("context_pins", "as_of_time_utc", "feature_keys", "feature_grou
                  "graph_version", "input_basis", "warnings")
 
 
-def snapshot_hash(response: dict[str, Any]) -> str:
-    """Recompute `feature_snapshot_hash` from a stored get_features_response (SPEC §5)."""
+def hashed_payload(response: dict[str, Any]) -> dict[str, Any]:
+    """The object P of SPEC §5 that the snapshot hash covers, taken from a response."""
     provenance, snapshot = response["provenance"], response["snapshot"]
     requested = provenance["requested"]
-    payload = {
+    return {
         "context_pins": provenance["context_pins"],
         "as_of_time_utc": requested["as_of_time_utc"],
         "feature_keys": requested["feature_keys"],
@@ -34,7 +34,11 @@ def snapshot_hash(response: dict[str, Any]) -> str:
         "input_basis": provenance["input_basis"],
         "warnings": provenance["warnings"],
     }
-    return sha256_ref(payload)
+
+
+def snapshot_hash(response: dict[str, Any]) -> str:
+    """Recompute `feature_snapshot_hash` from a stored get_features_response (SPEC §5)."""
+    return sha256_ref(hashed_payload(response))
 
 
 def input_basis(stream_name: str, watermarks: dict[int, int]) -> dict[str, Any]:

@@ -32,6 +32,12 @@ class App:
         return open_store(self.settings.object_store)
 
     @cached_property
+    def lake(self):  # -> lake.delta.DeltaLake
+        from lake.delta import open_lake
+
+        return open_lake(self.settings.object_store)
+
+    @cached_property
     def registry(self):  # -> pipelines.registry.Registry
         from config import default_registry
 

@@ -92,7 +92,7 @@ def cmd_get_features(args: argparse.Namespace) -> int:
             sys.stdout.write(json.dumps(response, sort_keys=True, indent=2 if single else None) + "\n")
     finally:
         server.close()
-    flush_outbox(app.db, app.store)
+    flush_outbox(app.db, app.store, app.lake)
     return 0 if ok else 1
 
 

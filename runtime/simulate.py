@@ -148,3 +148,33 @@ def apply_disorder(events: list[dict[str, Any]], fraction: float, seed: int) -> 
             j = min(len(out) - 1, max(0, i + rng.randrange(-64, 65)))
             out[i], out[j] = out[j], out[i]
     return out
+
+
+MIX_GROUPS = (("card_velocity", "1.0"), ("device_reuse", "1.0"), ("merchant_activity", "1.0"),
+              ("txn_velocity", "2.0"))
+
+
+def request_mix(plan: SimulationPlan, count: int, *, seed: int = 0) -> list[dict[str, Any]]:
+    """`count` get_features requests over the run: 4 keys (the account, card, merchant and device,
+    or customer when there is no device, of a sampled transaction) x 4 groups, as of a moment
+    0-120 s after that transaction."""
+    traffic = [e for stream, e in simulate(plan) if stream == TRAFFIC]
+    rng = random.Random(seed)
+    requests = []
+    for n in range(count):
+        event = traffic[rng.randrange(len(traffic))]
+        p = event["payload"]
+        keys = [("account", p["account_id"]), ("card", p["card_id"]), ("merchant", p["merchant_id"])]
+        groups = [{"group_name": g, "group_version": v} for g, v in MIX_GROUPS]
+        if p["device_id"] is not None:
+            keys.append(("device", p["device_id"]))
+        else:
+            keys.append(("customer", p["customer_id"]))
+            groups[1] = {"group_name": "customer_spend", "group_version": "1.0"}
+        as_of = parse_rfc3339(event["ts_utc"]) + rng.randrange(0, 120) * SECOND
+        requests.append({
+            "kind": "get_features_request", "contract_version": "ofp_public_contracts_v0",
+            "request_id": f"req_{seed}_{n}", "context_pins": plan.pins(), "as_of_time_utc": format_ts(as_of),
+            "feature_keys": [{"key_type": t, "key_id": k} for t, k in keys], "feature_groups": groups,
+        })
+    return requests

@@ -1,4 +1,4 @@
-"""`fp worker`: run every bus consumer, until idle or forever."""
+"""`fp worker`: run every bus consumer (OFP, archive; context once it exists), until idle or forever."""
 
 from __future__ import annotations
 
@@ -6,21 +6,27 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from lake.archive import ArchiveStats, ArchiveWriter
 from online.ofp_worker import OfpWorker, WorkerStats
 from online.snapshot_store import flush_outbox
+from schemas.streams import STREAMS
 
 
 def run_workers(app: Any, *, until_idle: bool, poll_seconds: float = 1.0) -> dict[str, Any]:
     ofp = OfpWorker(app.db, app.bus, app.registry, batch_size=app.settings.batch_size)
+    archive = ArchiveWriter(app.db, app.bus, app.lake)
     stats = WorkerStats()
+    archived = ArchiveStats()
     while True:
-        before = stats.batches
+        before = (stats.batches, archived.commits)
         ofp.run_until_idle(stats)
-        flushed = flush_outbox(app.db, app.store)
-        if stats.batches == before and until_idle:
+        archive.archive_all(list(STREAMS), archived)
+        flushed = flush_outbox(app.db, app.store, app.lake)
+        idle = (stats.batches, archived.commits) == before
+        if idle and until_idle:
             break
-        if not until_idle and stats.batches == before and not flushed:
+        if not until_idle and idle and not flushed:
             time.sleep(poll_seconds)
     summary = asdict(stats)
     summary["per_partition"] = {str(k): v for k, v in sorted(stats.per_partition.items())}
-    return {"ofp": summary}
+    return {"ofp": summary, "archive": asdict(archived)}

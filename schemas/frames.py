@@ -17,6 +17,7 @@ class TransactionFrame(pa.DataFrameModel):
     offset: int = pa.Field(ge=0)
     platform_run_id: str = pa.Field(str_matches=PIN.pattern)
     event_id: str = pa.Field(str_matches=EVENT_ID.pattern)
+    flow_id: str = pa.Field(str_matches=EVENT_ID.pattern)
     scenario_id: str = pa.Field(str_matches=PIN.pattern)
     run_id: str = pa.Field(str_matches=PIN.pattern)
     manifest_fingerprint: str = pa.Field(str_matches=PIN.pattern)
@@ -37,17 +38,46 @@ class TransactionFrame(pa.DataFrameModel):
 
 TRANSACTION_SCHEMA: dict[str, pl.DataType] = {
     "partition": pl.Int64(), "offset": pl.Int64(), "platform_run_id": pl.String(), "event_id": pl.String(),
-    "scenario_id": pl.String(), "run_id": pl.String(), "manifest_fingerprint": pl.String(),
+    "flow_id": pl.String(), "scenario_id": pl.String(), "run_id": pl.String(), "manifest_fingerprint": pl.String(),
     "parameter_hash": pl.String(), "ts_us": pl.Int64(), "account_id": pl.String(), "card_id": pl.String(),
     "customer_id": pl.String(), "merchant_id": pl.String(), "device_id": pl.String(),
     "amount_minor": pl.Int64(), "channel": pl.String(),
 }
 
 
-def invalid_rows(frame: pl.DataFrame) -> dict[int, str]:
-    """Row index -> first failed check, for rows that break the TransactionFrame contract."""
+class LabelFrame(pa.DataFrameModel):
+    """One row per label_assertion, flattened, with its bus position."""
+
+    partition: int = pa.Field(ge=0)
+    offset: int = pa.Field(ge=0)
+    platform_run_id: str = pa.Field(str_matches=PIN.pattern)
+    event_id: str = pa.Field(str_matches=EVENT_ID.pattern)
+    flow_id: str = pa.Field(str_matches=EVENT_ID.pattern)
+    scenario_id: str = pa.Field(str_matches=PIN.pattern)
+    run_id: str = pa.Field(str_matches=PIN.pattern)
+    manifest_fingerprint: str = pa.Field(str_matches=PIN.pattern)
+    parameter_hash: str = pa.Field(str_matches=PIN.pattern)
+    label: str = pa.Field(isin=["fraud", "legit"])
+    effective_us: int
+    observed_us: int
+
+    class Config:
+        strict = True
+        coerce = False
+
+
+LABEL_SCHEMA: dict[str, pl.DataType] = {
+    "partition": pl.Int64(), "offset": pl.Int64(), "platform_run_id": pl.String(), "event_id": pl.String(),
+    "flow_id": pl.String(), "scenario_id": pl.String(), "run_id": pl.String(),
+    "manifest_fingerprint": pl.String(), "parameter_hash": pl.String(), "label": pl.String(),
+    "effective_us": pl.Int64(), "observed_us": pl.Int64(),
+}
+
+
+def invalid_rows(frame: pl.DataFrame, model: type[pa.DataFrameModel] = TransactionFrame) -> dict[int, str]:
+    """Row index -> first failed check, for rows that break the frame contract."""
     try:
-        TransactionFrame.validate(frame, lazy=True)
+        model.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as exc:
         bad: dict[int, str] = {}
         cases = exc.failure_cases

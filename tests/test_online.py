@@ -135,7 +135,7 @@ def test_snapshot_persisted_by_hash_once(app):
     req = request([("account", "a1")], [("txn_velocity", "1.0")], T0)
     response = serve(app, req)
     serve(app, req)
-    assert flush_outbox(app.db, app.store) == 1
+    assert flush_outbox(app.db, app.store, app.lake) == 1
     digest = response["snapshot"]["feature_snapshot_hash"]
     assert get_snapshot(app.db, app.store, digest) == response
     objects = list((app.settings.home / "lake" / "snapshots").rglob("*.json"))

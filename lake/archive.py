@@ -1,0 +1,148 @@
+"""The Delta Lake archive of the bus: every record of every stream, once, with its position.
+
+One Delta table per stream (`archive/<stream>`), rows `(partition, offset, value)` where
+`value` is the record's bytes exactly as the bus delivered them, so the offline plane decodes
+with the same function as the online plane.
+
+Exactly-once without a second system: each commit carries, in its own commit metadata, the
+per-partition exclusive-next offsets the archive reaches with that commit. A writer reads the
+newest marker, reads the bus from there, re-reads the marker right before committing (and
+refuses if it moved), then commits data and marker together. A crash before the commit leaves
+only unreferenced files; a crash after it leaves a marker that already covers the rows. One
+writer per stream at a time is enforced with a Postgres advisory lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lake.delta import DeltaLake
+from online.bus.base import EventBus
+from runtime.errors import TerminalError, TransientError
+from runtime.postgres import Database
+
+ARCHIVE_SCHEMA = pa.schema([("partition", pa.int32()), ("offset", pa.int64()), ("value", pa.binary())])
+LOCK_NAMESPACE = 7_301  # advisory lock class for archive writers
+
+
+class ArchiveConflict(TransientError):
+    def __init__(self, message: str) -> None:
+        super().__init__("ARCHIVE_CONFLICT", message)
+
+
+class ReplayBasisIncomplete(TerminalError):
+    def __init__(self, message: str) -> None:
+        super().__init__("REPLAY_BASIS_INCOMPLETE", message)
+
+
+def table_name(stream: str) -> str:
+    return f"archive/{stream}"
+
+
+def archive_progress(lake: DeltaLake, stream: str) -> dict[int, int]:
+    """Exclusive-next offset per partition up to which the archive of `stream` is complete."""
+    found = lake.marker(table_name(stream))
+    return {} if found is None else {int(p): int(o) for p, o in found[1].items()}
+
+
+@dataclass
+class ArchiveStats:
+    commits: int = 0
+    records: int = 0
+    per_stream: dict[str, int] = field(default_factory=dict)
+
+
+class ArchiveWriter:
+    def __init__(self, db: Database, bus: EventBus, lake: DeltaLake, *, max_records_per_commit: int = 250_000,
+                 read_batch: int = 50_000) -> None:
+        self.db = db
+        self.bus = bus
+        self.lake = lake
+        self.max_records = max_records_per_commit
+        self.read_batch = read_batch
+        self.on_progress: Callable[[str, int], None] | None = None
+
+    def archive_all(self, streams: list[str], stats: ArchiveStats | None = None) -> ArchiveStats:
+        stats = stats or ArchiveStats()
+        for stream in streams:
+            self.archive_stream(stream, stats)
+        return stats
+
+    def archive_stream(self, stream: str, stats: ArchiveStats | None = None) -> ArchiveStats:
+        """Archive everything visible on `stream` now; a no-op if another writer holds the stream."""
+        stats = stats or ArchiveStats()
+        with self.db.connect(autocommit=True) as lock_conn:
+            held = lock_conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+                                     (LOCK_NAMESPACE, stream)).fetchone()
+            if not held or not held[0]:
+                return stats
+            try:
+                self._drain(stream, stats)
+            finally:
+                lock_conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (LOCK_NAMESPACE, stream))
+        return stats
+
+    def _drain(self, stream: str, stats: ArchiveStats) -> None:
+        progress = archive_progress(self.lake, stream)
+        while True:
+            parts: list[pa.Table] = []
+            new_progress = dict(progress)
+            budget = self.max_records
+            for partition in self.bus.partitions(stream):
+                offset = progress.get(partition, 0)
+                while budget > 0:
+                    batch = self.bus.read(stream, partition, offset, min(self.read_batch, budget))
+                    if batch.records:
+                        parts.append(pa.table({
+                            "partition": pa.array([r.partition for r in batch.records], pa.int32()),
+                            "offset": pa.array([r.offset for r in batch.records], pa.int64()),
+                            "value": pa.array([r.value for r in batch.records], pa.binary()),
+                        }, schema=ARCHIVE_SCHEMA))
+                        budget -= len(batch.records)
+                    offset = batch.next_offset
+                    if batch.caught_up or not batch.records:
+                        break
+                new_progress[partition] = offset
+            if not parts:
+                return
+            if archive_progress(self.lake, stream) != progress:
+                raise ArchiveConflict(f"the archive of {stream} moved under this writer; restart to resume")
+            rows = pa.concat_tables(parts)
+            marker = {str(p): o for p, o in sorted(new_progress.items())}
+            self.lake.append(table_name(stream), rows, marker=marker)
+            progress = new_progress
+            stats.commits += 1
+            stats.records += rows.num_rows
+            stats.per_stream[stream] = stats.per_stream.get(stream, 0) + rows.num_rows
+            if self.on_progress:
+                self.on_progress(stream, rows.num_rows)
+
+
+def read_basis(lake: DeltaLake, stream: str, basis: dict[int, int]) -> pa.Table:
+    """The archived records of `stream` with offset < basis[partition]; fails closed when the
+    archive does not cover the basis (nothing is ever "latest")."""
+    progress = archive_progress(lake, stream)
+    short = {p: (o, progress.get(p, 0)) for p, o in basis.items() if progress.get(p, 0) < o}
+    if short:
+        detail = ", ".join(f"partition {p}: basis {o} > archived {a}" for p, (o, a) in sorted(short.items()))
+        raise ReplayBasisIncomplete(f"archive of {stream} does not cover the replay basis ({detail})")
+    wanted = {p: o for p, o in basis.items() if o > 0}
+    if not wanted:
+        return ARCHIVE_SCHEMA.empty_table()
+    table = lake.table(table_name(stream))
+    if table is None:  # pragma: no cover - progress > 0 implies the table exists
+        raise ReplayBasisIncomplete(f"no archive table for {stream}")
+    condition = None
+    for partition, offset in sorted(wanted.items()):
+        term = (pc.field("partition") == partition) & (pc.field("offset") < offset)
+        condition = term if condition is None else condition | term
+    data = table.to_pyarrow_dataset().to_table(filter=condition)
+    return data.sort_by([("partition", "ascending"), ("offset", "ascending")])
+
+
+__all__ = ["ARCHIVE_SCHEMA", "ArchiveConflict", "ArchiveStats", "ArchiveWriter", "ReplayBasisIncomplete",
+           "archive_progress", "read_basis", "table_name"]

@@ -1,0 +1,194 @@
+"""Parity: rebuild served snapshots from the archive at their recorded basis and compare hashes.
+
+Snapshots that share a basis and pins share one replay: the archive is decoded once, each
+group's contributions are derived once, and every (key, as_of) the snapshots asked for is
+evaluated in one `point_features` call. Each snapshot is then assembled with the same
+`assemble` the server used, and its hash recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from lake.delta import DeltaLake
+from lake.object_store import ObjectStore
+from offline.replay import transactions_at, with_pins
+from online.snapshot_store import object_key
+from pipelines.features import AS_OF, KEY, contributions, point_features
+from pipelines.registry import Registry
+from pipelines.snapshot import assemble, hashed_payload, snapshot_hash
+from runtime.errors import FpError
+from runtime.postgres import Database
+from schemas.requests import CONTRACT_VERSION, FeatureRequest, parse_request
+
+PARITY_TABLE = "audit/parity_results"
+
+
+@dataclass(frozen=True)
+class ParityOutcome:
+    snapshot_hash: str
+    recomputed_hash: str | None
+    matched: bool
+    first_difference: str | None
+    reason_code: str | None
+
+
+def first_difference(stored: Any, rebuilt: Any, path: str = "") -> str | None:
+    """The path of the first field (in hashed-field order, then list order, then key order) that differs."""
+    if isinstance(stored, dict) and isinstance(rebuilt, dict):
+        keys = list(stored) if not path else sorted(set(stored) | set(rebuilt))
+        keys += [k for k in rebuilt if k not in keys]
+        for key in keys:
+            where = f"{path}.{key}" if path else key
+            if key not in stored or key not in rebuilt:
+                return where
+            found = first_difference(stored[key], rebuilt[key], where)
+            if found:
+                return found
+        return None
+    if isinstance(stored, list) and isinstance(rebuilt, list):
+        for index, (a, b) in enumerate(zip(stored, rebuilt, strict=False)):
+            found = first_difference(a, b, f"{path}[{index}]")
+            if found:
+                return found
+        return None if len(stored) == len(rebuilt) else f"{path}[{min(len(stored), len(rebuilt))}]"
+    same = stored == rebuilt and type(stored) is type(rebuilt)
+    return None if same else path
+
+
+def _request_of(stored: dict[str, Any], registry: Registry) -> FeatureRequest:
+    requested = stored["provenance"]["requested"]
+    return parse_request({
+        "kind": "get_features_request", "contract_version": CONTRACT_VERSION,
+        "context_pins": stored["provenance"]["context_pins"], **requested,
+        **({"request_id": stored["request_id"]} if "request_id" in stored else {}),
+    }, registry)
+
+
+def rebuild_batch(lake: DeltaLake, registry: Registry, basis: dict[str, Any], pins: dict[str, str],
+                  requests: list[FeatureRequest]) -> list[dict[str, Any]]:
+    """Rebuild the responses for requests that share one basis and one set of pins."""
+    frame, _ = transactions_at(lake, basis)
+    frame = with_pins(frame, pins)
+    queries: dict[tuple[str, str], set[tuple[str, int]]] = defaultdict(set)
+    for request in requests:
+        for group in request.groups:
+            for key_type, key_id in request.keys:
+                if key_type == group.key_type:
+                    queries[group.ref].add((key_id, request.as_of_us))
+    by_as_of: dict[tuple[str, str], dict[int, pl.DataFrame]] = {}
+    for ref, wanted in queries.items():
+        group = registry.get(*ref)
+        assert group is not None  # parse_request resolved it
+        query_frame = pl.DataFrame(sorted(wanted), schema={KEY: pl.String(), AS_OF: pl.Int64()}, orient="row")
+        contribs = contributions(frame, group).join(query_frame.select(KEY).unique(), on=KEY, how="semi")
+        evaluated = point_features(contribs, query_frame, group)
+        by_as_of[ref] = {key[0]: part for key, part in evaluated.partition_by(AS_OF, as_dict=True).items()}
+    return [
+        assemble(request, {g.ref: by_as_of[g.ref][request.as_of_us] for g in request.groups}, basis)
+        for request in requests
+    ]
+
+
+def check_snapshots(lake: DeltaLake, registry: Registry, stored: list[dict[str, Any]]) -> list[ParityOutcome]:
+    """Rebuild every stored response and compare; grouped by (basis, pins) to share replays."""
+    outcomes: dict[str, ParityOutcome] = {}
+    batches: dict[str, list[tuple[dict[str, Any], FeatureRequest]]] = defaultdict(list)
+    for response in stored:
+        digest = response["snapshot"]["feature_snapshot_hash"]
+        digests = response["provenance"].get("definition_digests", {})
+        changed = [ref for ref, d in sorted(digests.items())
+                   if (g := registry.get(*ref.split("@", 1))) is None or g.digest != d]
+        if changed:
+            outcomes[digest] = ParityOutcome(digest, None, False, f"provenance.definition_digests.{changed[0]}",
+                                             "DEFINITION_CHANGED")
+            continue
+        try:
+            request = _request_of(response, registry)
+        except FpError as exc:
+            outcomes[digest] = ParityOutcome(digest, None, False, "provenance.requested", exc.reason_code)
+            continue
+        key = json.dumps([response["provenance"]["input_basis"], request.context_pins], sort_keys=True)
+        batches[key].append((response, request))
+    for key, items in batches.items():
+        basis, pins = json.loads(key)
+        try:
+            rebuilt = rebuild_batch(lake, registry, basis, pins, [r for _, r in items])
+        except FpError as exc:
+            for response, _ in items:
+                digest = response["snapshot"]["feature_snapshot_hash"]
+                outcomes[digest] = ParityOutcome(digest, None, False, "provenance.input_basis", exc.reason_code)
+            continue
+        for (response, _), fresh in zip(items, rebuilt, strict=True):
+            digest = response["snapshot"]["feature_snapshot_hash"]
+            recomputed = fresh["snapshot"]["feature_snapshot_hash"]
+            body_intact = snapshot_hash(response) == digest
+            if recomputed == digest and body_intact:
+                outcomes[digest] = ParityOutcome(digest, recomputed, True, None, None)
+                continue
+            diff = first_difference(hashed_payload(response), hashed_payload(fresh)) or "feature_snapshot_hash"
+            outcomes[digest] = ParityOutcome(digest, recomputed, False, diff,
+                                             "HASH_MISMATCH" if body_intact else "STORED_SNAPSHOT_ALTERED")
+    return [outcomes[r["snapshot"]["feature_snapshot_hash"]] for r in stored]
+
+
+def load_stored(db: Database, store: ObjectStore, *, run_id: str | None = None, sample: int | None = None,
+                seed: int = 0) -> list[dict[str, Any]]:
+    """Stored responses from the object store, listed by the Postgres index (all, or a seeded sample)."""
+    with db.transaction() as conn:
+        rows = conn.execute(
+            """SELECT snapshot_hash, scenario_id, run_id FROM snapshot_index
+                WHERE %(run)s::text IS NULL OR run_id = %(run)s ORDER BY snapshot_hash""",
+            {"run": run_id},
+        ).fetchall()
+    if sample is not None and sample < len(rows):
+        rows = sorted(random.Random(seed).sample(rows, sample))
+    return [json.loads(store.get(object_key({"scenario_id": s, "run_id": r}, h))) for h, s, r in rows]
+
+
+def run_parity(db: Database, store: ObjectStore, lake: DeltaLake, registry: Registry, *,
+               run_id: str | None = None, sample: int | None = None, seed: int = 0,
+               on_loaded: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Check stored snapshots, append the results to the audit lake, return the summary."""
+    stored = load_stored(db, store, run_id=run_id, sample=sample, seed=seed)
+    if on_loaded:
+        on_loaded(len(stored))
+    outcomes = check_snapshots(lake, registry, stored)
+    parity_run_id = f"parity_{uuid.uuid4().hex}"
+    checked_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if outcomes:
+        lake.append(PARITY_TABLE, pa.table({
+            "parity_run_id": [parity_run_id] * len(outcomes),
+            "checked_at_utc": [checked_at] * len(outcomes),
+            "snapshot_hash": [o.snapshot_hash for o in outcomes],
+            "recomputed_hash": [o.recomputed_hash for o in outcomes],
+            "matched": [o.matched for o in outcomes],
+            "reason_code": [o.reason_code for o in outcomes],
+            "first_difference": [o.first_difference for o in outcomes],
+            "run_id": [r["snapshot"]["context_pins"]["run_id"] for r in stored],
+            "as_of_time_utc": [r["snapshot"]["as_of_time_utc"] for r in stored],
+        }, schema=pa.schema([("parity_run_id", pa.string()), ("checked_at_utc", pa.string()),
+                             ("snapshot_hash", pa.string()), ("recomputed_hash", pa.string()),
+                             ("matched", pa.bool_()), ("reason_code", pa.string()),
+                             ("first_difference", pa.string()), ("run_id", pa.string()),
+                             ("as_of_time_utc", pa.string())])))
+    mismatches = [o for o in outcomes if not o.matched]
+    return {
+        "parity_run_id": parity_run_id,
+        "checked": len(outcomes),
+        "matched": len(outcomes) - len(mismatches),
+        "mismatched": len(mismatches),
+        "mismatches": [{"snapshot_hash": o.snapshot_hash, "reason_code": o.reason_code,
+                        "first_difference": o.first_difference, "recomputed_hash": o.recomputed_hash}
+                       for o in mismatches[:20]],
+    }
