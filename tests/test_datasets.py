@@ -1,0 +1,179 @@
+"""Point-in-time datasets: rows, features and labels against a plain-Python reference; intents,
+ledger, determinism and fail-closed replay bases."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from lake.archive import archive_progress
+from offline.intents import IntentRejected, parse_intent
+from offline.ledger import IllegalTransition, RunLedger, run_key_for
+from offline.ofs import run_intent
+from pipelines.timefmt import format_ts, parse_rfc3339
+from runtime.errors import FpError
+from runtime.simulate import SimulationPlan, simulate
+from runtime.simulation_job import run_simulation
+from runtime.workers import run_workers
+from schemas.streams import LABELS, TRAFFIC
+from tests import reference
+
+GROUPS = [("card_velocity", "1.0"), ("customer_spend", "1.0"), ("device_reuse", "1.0"),
+          ("merchant_activity", "1.0"), ("txn_velocity", "1.0"), ("txn_velocity", "2.0")]
+KEY_FIELD = {"card_velocity": "card_id", "customer_spend": "customer_id", "device_reuse": "device_id",
+             "merchant_activity": "merchant_id", "txn_velocity": "account_id"}
+
+
+def intent(plan: SimulationPlan, app, *, request_id: str = "ds1", label_as_of: str = "2026-01-10T00:00:00Z",
+           scope=("2026-01-03T02:00:00Z", "2026-01-03T20:00:00Z"), basis=None) -> dict:
+    return {
+        "request_id": request_id, "intent_kind": "dataset_build", "context_pins": plan.pins(),
+        "replay_basis": basis or {"stream_name": TRAFFIC, "watermark_basis": {
+            str(p): o for p, o in sorted(app.bus.end_offsets(TRAFFIC).items())}},
+        "feature_groups": [{"group_name": g, "group_version": v} for g, v in GROUPS],
+        "label_as_of_utc": label_as_of,
+        "observation_scope": {"ts_from_utc": scope[0], "ts_to_utc": scope[1]},
+    }
+
+
+@pytest.fixture()
+def run(app):
+    plan = SimulationPlan(seed=21, transactions=700)
+    run_simulation(transactions=700, seed=21, out=None, publish=True, duplicates=0.05, disorder=0.1,
+                   progress=False, app=app)
+    run_workers(app, until_idle=True)
+    return plan
+
+
+def test_dataset_rows_features_and_labels_match_a_plain_python_reference(app, run):
+    manifest = run_intent(app, intent(run, app))
+    import polars as pl
+
+    frame = pl.read_parquet(app.store.get(manifest["files"][0]["key"]))
+    events = [e for s, e in simulate(run) if s == TRAFFIC]
+    flat = {e["payload"]["flow_id"]: reference.flatten(e) for e in events}
+    lo, hi = parse_rfc3339("2026-01-03T02:00:00Z"), parse_rfc3339("2026-01-03T20:00:00Z")
+    in_scope = [f for f in flat.values() if lo <= f["ts_us"] < hi]
+    assert frame.height == len(in_scope) == manifest["row_count"]  # bus duplicates counted once
+    assert set(frame["flow_id"].to_list()) == {f["flow_id"] for f in in_scope}
+    assert frame["ts_utc"].to_list() == sorted(frame["ts_utc"].to_list())
+    cut = parse_rfc3339("2026-01-10T00:00:00Z")
+    labels: dict[str, tuple[int, str]] = {}
+    for stream, e in simulate(run):
+        if stream == LABELS:
+            observed = parse_rfc3339(e["payload"]["observed_time"])
+            flow = e["payload"]["flow_id"]
+            if observed <= cut and (flow not in labels or observed >= labels[flow][0]):
+                labels[flow] = (observed, e["payload"]["label"])
+    all_events = list(flat.values())
+    rows = frame.to_dicts()
+    for row in random.Random(2).sample(rows, 40):
+        expected_label = labels.get(row["flow_id"], (None, None))[1]
+        assert row["label"] == expected_label
+        ts = parse_rfc3339(row["ts_utc"])
+        for name, version in GROUPS:
+            key = row[KEY_FIELD[name]]
+            if key is None:
+                continue
+            expected, _ = reference.features(all_events, f"{name}@{version}", key, ts)
+            for feature, value in expected.items():
+                assert row[f"{name}__v{version.replace('.', '_')}__{feature}"] == value, (feature, row["flow_id"])
+
+
+def test_labels_observed_after_the_cut_off_never_leak(app, run):
+    early = run_intent(app, intent(run, app, request_id="early", label_as_of="2026-01-03T06:00:00Z"))
+    late = run_intent(app, intent(run, app, request_id="late", label_as_of="2026-02-01T00:00:00Z"))
+    import polars as pl
+
+    early_rows = pl.read_parquet(app.store.get(early["files"][0]["key"]))
+    late_rows = pl.read_parquet(app.store.get(late["files"][0]["key"]))
+    cut = "2026-01-03T06:00:00.000000Z"
+    observed = early_rows["label_observed_time_utc"].drop_nulls().to_list()
+    assert observed and all(t <= cut for t in observed)
+    assert late_rows["label"].null_count() < early_rows["label"].null_count()
+    assert early["dataset_fingerprint"] != late["dataset_fingerprint"]
+
+
+def test_same_intent_twice_gives_the_same_fingerprint_and_identical_bytes(app, run):
+    first = run_intent(app, intent(run, app, request_id="a"))
+    data_a = app.store.get(first["files"][0]["key"])
+    again = run_intent(app, intent(run, app, request_id="a"))  # idempotent: the finished run's manifest
+    assert again == first
+    other = intent(run, app, request_id="b")
+    from offline.datasets import build_dataset
+
+    rebuilt = build_dataset(app.lake, parse_intent(other, app.registry))
+    assert rebuilt.manifest["dataset_fingerprint"] == first["dataset_fingerprint"]
+    assert rebuilt.data == data_a
+    assert run_intent(app, other)["files"] == first["files"]
+
+
+def test_request_id_conflict_and_stable_rejections(app, run):
+    run_intent(app, intent(run, app, request_id="c1"))
+    changed = intent(run, app, request_id="c1", label_as_of="2026-01-20T00:00:00Z")
+    with pytest.raises(IntentRejected) as exc:
+        run_intent(app, changed)
+    assert exc.value.reason_code == "REQUEST_ID_CONFLICT"
+    bad_cases = {
+        "UNKNOWN_INTENT_KIND": {"intent_kind": "train_model"},
+        "UNKNOWN_GROUP": {"feature_groups": [{"group_name": "txn_velocity", "group_version": "9.9"}]},
+        "INVALID_PINS": {"context_pins": {**run.pins(), "run_id": "../etc"}},
+        "INVALID_SCOPE": {"observation_scope": {"ts_from_utc": "2026-01-04T00:00:00Z",
+                                                "ts_to_utc": "2026-01-03T00:00:00Z"}},
+        "MISSING_REPLAY_BASIS": {"replay_basis": None},
+        "INVALID_BASIS": {"replay_basis": {"stream_name": TRAFFIC, "watermark_basis": {"0": -1}}},
+    }
+    for code, change in bad_cases.items():
+        body = {**intent(run, app, request_id="x"), **change}
+        if change.get("replay_basis", 0) is None:
+            body.pop("replay_basis")
+        with pytest.raises(IntentRejected) as exc:
+            parse_intent(body, app.registry)
+        assert exc.value.reason_code == code
+
+
+def test_replay_basis_beyond_the_archive_fails_closed_and_the_run_is_failed(app, run):
+    ends = app.bus.end_offsets(TRAFFIC)
+    beyond = {"stream_name": TRAFFIC, "watermark_basis": {str(p): o + 1 for p, o in sorted(ends.items())}}
+    body = intent(run, app, request_id="too_far", basis=beyond)
+    with pytest.raises(FpError) as exc:
+        run_intent(app, body)
+    assert exc.value.reason_code == "REPLAY_BASIS_INCOMPLETE"
+    ledger = RunLedger(app.db)
+    key = run_key_for("too_far")
+    assert ledger.get(key).state == "FAILED"
+    assert [e[1] for e in ledger.events(key)] == ["QUEUED", "RUNNING", "FAILED"]
+    with pytest.raises(IllegalTransition):
+        ledger.transition(key, "RUNNING")
+    with app.db.transaction() as conn, pytest.raises(Exception, match="append-only"):
+        conn.execute("DELETE FROM ofs_run_events")
+    # a basis inside the archive (a prefix of it) builds, and only from events inside it
+    half = {"stream_name": TRAFFIC, "watermark_basis": {str(p): o // 2 for p, o in sorted(ends.items())}}
+    manifest = run_intent(app, intent(run, app, request_id="half", basis=half))
+    assert manifest["row_count"] > 0
+    assert archive_progress(app.lake, TRAFFIC) == ends
+
+
+def test_publish_failure_leaves_publish_pending_and_a_publish_retry_finishes(app, run, monkeypatch):
+    body = intent(run, app, request_id="pub")
+    original = app.store.put
+
+    def failing_put(key, data):
+        if key.endswith("manifest.json"):
+            raise OSError("disk full")
+        return original(key, data)
+
+    monkeypatch.setattr(app.store, "put", failing_put)
+    with pytest.raises(FpError) as exc:
+        run_intent(app, body)
+    assert exc.value.reason_code == "PUBLISH_FAILED"
+    ledger = RunLedger(app.db)
+    assert ledger.get(run_key_for("pub")).state == "PUBLISH_PENDING"
+    monkeypatch.setattr(app.store, "put", original)
+    manifest = run_intent(app, body)
+    run_row = ledger.get(run_key_for("pub"))
+    assert (run_row.state, run_row.full_attempts, run_row.publish_attempts) == ("DONE", 1, 1)
+    assert json.loads(app.store.get(f"datasets/{manifest['manifest_id']}/manifest.json")) == manifest
+    assert format_ts(0) == "1970-01-01T00:00:00.000000Z"
