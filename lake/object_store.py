@@ -34,6 +34,10 @@ class ObjectStore(Protocol):
 
     def uri(self, key: str) -> str: ...
 
+    def list(self, prefix: str) -> list[str]:
+        """Keys under `prefix` (a folder ending in '/'), sorted."""
+        ...
+
 
 class LocalStore:
     def __init__(self, root: Path) -> None:
@@ -67,6 +71,13 @@ class LocalStore:
     def exists(self, key: str) -> bool:
         return (self.root / check_key(key)).is_file()
 
+    def list(self, prefix: str) -> list[str]:
+        base = self.root / check_key(prefix.rstrip("/"))
+        if not base.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
+                      if p.is_file() and not p.name.startswith(".tmp-"))
+
 
 class S3Store:
     def __init__(self, client: Any, bucket: str, prefix: str) -> None:
@@ -97,6 +108,14 @@ class S3Store:
             return True
         except self.client.exceptions.ClientError:
             return False
+
+    def list(self, prefix: str) -> list[str]:
+        root = self._key(prefix.rstrip("/")) + "/"
+        keys: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=root):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        return sorted(k[strip:] for k in keys)
 
 
 def s3_client(settings: S3ObjectStore) -> Any:

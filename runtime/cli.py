@@ -115,6 +115,67 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ofs_build(args: argparse.Namespace) -> int:
+    from offline.ofs import run_intent
+    from runtime.app import App
+
+    app = App()
+    app.init()
+    text = sys.stdin.read() if args.intent == "-" else Path(args.intent).read_text(encoding="utf-8")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError:
+        from offline.intents import IntentRejected
+
+        raise IntentRejected("INTENT_MALFORMED", "the intent file is not JSON") from None
+    from lake.audit import export_audit
+
+    try:
+        _print_json(run_intent(app, raw))
+    finally:
+        export_audit(app.db, app.lake)
+    return 0
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    from offline.parity import run_parity
+    from runtime.app import App
+
+    app = App()
+    app.init()
+    result = run_parity(app.db, app.store, app.lake, app.registry, run_id=args.run_id, sample=args.sample,
+                        seed=args.seed)
+    _print_json(result)
+    return 0 if result["mismatched"] == 0 else 1
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from lake.query import run_query
+    from runtime.app import App
+
+    app = App()
+    try:
+        result = run_query(app.lake, app.store, args.query)
+    except Exception as exc:  # duckdb's errors: report them as a JSON error, not a traceback
+        import duckdb
+
+        if not isinstance(exc, duckdb.Error):
+            raise
+        _print_json({"error": "SQL_ERROR", "message": str(exc).splitlines()[0][:500], "retryable": False})
+        return 2
+    if args.table:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*result["columns"])
+        for row in result["rows"]:
+            table.add_row(*[json.dumps(v) if not isinstance(v, str) else v for v in row])
+        Console().print(table)
+    else:
+        _print_json(result)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from runtime.demo import run_demo
 
@@ -165,6 +226,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("health", help="GREEN/AMBER/RED per component, counters and lag (JSON)")
     p.set_defaults(handler=cmd_health)
+
+    p = sub.add_parser("ofs", help="offline feature store jobs")
+    ofs = p.add_subparsers(dest="ofs_command", required=True, metavar="SUBCOMMAND")
+    q = ofs.add_parser("build", help="run a BuildIntent (dataset_build, parity_rebuild); prints the manifest JSON")
+    q.add_argument("--intent", required=True, help="BuildIntent JSON file, or - for stdin")
+    q.set_defaults(handler=cmd_ofs_build)
+
+    p = sub.add_parser("parity", help="rebuild served snapshots from the archive and compare hashes (JSON)")
+    p.add_argument("--run-id", default=None, help="only snapshots of this run_id pin")
+    p.add_argument("--sample", type=int, default=None, help="check a seeded sample of N snapshots")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    p.set_defaults(handler=cmd_parity)
+
+    p = sub.add_parser("sql", help="duckdb over the lakes (archive_*, snapshots, snapshot_features, "
+                                   "parity_results, apply_failures, run_events, datasets, dataset_manifests)")
+    p.add_argument("query", help="one SQL statement")
+    p.add_argument("--table", action="store_true", help="print a table instead of JSON {columns, rows}")
+    p.set_defaults(handler=cmd_sql)
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded default; readable summary")
     p.add_argument("--transactions", type=int, default=2000)

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 from lake.archive import ArchiveStats, ArchiveWriter
+from lake.audit import export_audit
 from online.ofp_worker import OfpWorker, WorkerStats
 from online.snapshot_store import flush_outbox
 from schemas.streams import STREAMS
@@ -27,6 +28,7 @@ def run_workers(app: Any, *, until_idle: bool, poll_seconds: float = 1.0) -> dic
             break
         if not until_idle and idle and not flushed:
             time.sleep(poll_seconds)
+    exported = export_audit(app.db, app.lake)
     summary = asdict(stats)
     summary["per_partition"] = {str(k): v for k, v in sorted(stats.per_partition.items())}
-    return {"ofp": summary, "archive": asdict(archived)}
+    return {"ofp": summary, "archive": asdict(archived), "audit_exported": exported}

@@ -1,0 +1,167 @@
+"""The Delta archive (each record once across crashes), the audit export and duckdb over the lakes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from lake.archive import ArchiveWriter, archive_progress, read_basis, table_name
+from lake.delta import DeltaLake, open_lake
+from lake.query import run_query
+from online.admission import Publisher
+from runtime.settings import AwsCredentials, S3ObjectStore
+from runtime.simulation_job import run_simulation
+from runtime.workers import run_workers
+from schemas.streams import STREAMS, TRAFFIC
+from tests.helpers import T0, S, lines, txn
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _positions(lake: DeltaLake, stream: str) -> Counter:
+    table = lake.read(table_name(stream), columns=["partition", "offset"])
+    if table is None:
+        return Counter()
+    return Counter(zip(table.column("partition").to_pylist(), table.column("offset").to_pylist(), strict=True))
+
+
+def _bus_positions(bus, stream: str) -> set:
+    return {(p, o) for p, end in bus.end_offsets(stream).items() for o in range(end)}
+
+
+def _publish(app, n: int, start: int = 0) -> None:
+    Publisher(app.db, app.bus).publish(TRAFFIC, lines([txn(start + i, T0 + i * S, account=f"a{i % 7}")
+                                                      for i in range(n)]), "test")
+
+
+def test_each_record_archived_once_across_repeated_runs(app):
+    _publish(app, 120)
+    writer = ArchiveWriter(app.db, app.bus, app.lake, max_records_per_commit=50)
+    writer.archive_stream(TRAFFIC)
+    writer.archive_stream(TRAFFIC)  # nothing new: no commit
+    _publish(app, 30, start=500)
+    writer.archive_stream(TRAFFIC)
+    seen = _positions(app.lake, TRAFFIC)
+    assert set(seen) == _bus_positions(app.bus, TRAFFIC) and max(seen.values()) == 1
+    assert archive_progress(app.lake, TRAFFIC) == app.bus.end_offsets(TRAFFIC)
+    raw = read_basis(app.lake, TRAFFIC, {0: 1})
+    assert raw.num_rows == 1 and raw.column("value")[0].as_py() == app.bus.read(TRAFFIC, 0, 0, 1).records[0].value
+
+
+def test_crash_between_file_write_and_commit_leaves_nothing_visible(app, monkeypatch):
+    _publish(app, 80)
+    original = DeltaLake.append
+
+    def crashing_append(self, name, data, marker=None, marker_key="fp.progress"):
+        def batches():
+            yield from data.to_batches()
+            raise RuntimeError("crash after the data files, before the commit")
+
+        original(self, name, pa.RecordBatchReader.from_batches(data.schema, batches()), marker, marker_key)
+
+    monkeypatch.setattr(DeltaLake, "append", crashing_append)
+    with pytest.raises(Exception, match="crash"):
+        ArchiveWriter(app.db, app.bus, app.lake).archive_stream(TRAFFIC)
+    assert archive_progress(app.lake, TRAFFIC) == {} and not _positions(app.lake, TRAFFIC)
+    monkeypatch.setattr(DeltaLake, "append", original)
+    ArchiveWriter(app.db, app.bus, app.lake).archive_stream(TRAFFIC)
+    seen = _positions(app.lake, TRAFFIC)
+    assert set(seen) == _bus_positions(app.bus, TRAFFIC) and max(seen.values()) == 1
+
+
+def test_crash_right_after_the_commit_does_not_duplicate(app):
+    _publish(app, 90)
+    writer = ArchiveWriter(app.db, app.bus, app.lake, max_records_per_commit=40)
+
+    def die(stream, count):
+        raise RuntimeError("crash after the commit")
+
+    writer.on_progress = die
+    with pytest.raises(RuntimeError):
+        writer.archive_stream(TRAFFIC)
+    assert sum(_positions(app.lake, TRAFFIC).values()) == 40
+    ArchiveWriter(app.db, app.bus, app.lake, max_records_per_commit=40).archive_stream(TRAFFIC)
+    seen = _positions(app.lake, TRAFFIC)
+    assert set(seen) == _bus_positions(app.bus, TRAFFIC) and max(seen.values()) == 1
+
+
+def test_a_second_writer_on_the_same_stream_is_kept_out(app):
+    _publish(app, 20)
+    with app.db.connect(autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(7301, hashtext(%s))", (TRAFFIC,))
+        stats = ArchiveWriter(app.db, app.bus, app.lake).archive_stream(TRAFFIC)
+        assert stats.records == 0
+    assert ArchiveWriter(app.db, app.bus, app.lake).archive_stream(TRAFFIC).records == 20
+
+
+def test_kill_9_during_archiving_then_restart_archives_each_record_once(app, fp_home):
+    run_simulation(transactions=1500, seed=5, out=None, publish=True, progress=False, app=app)
+    script = (
+        "import os\n"
+        "from runtime.app import App\nfrom lake.archive import ArchiveWriter\nfrom schemas.streams import STREAMS\n"
+        "app = App()\nw = ArchiveWriter(app.db, app.bus, app.lake, max_records_per_commit=97, read_batch=97)\n"
+        "w.on_progress = lambda s, n: print('c', flush=True)\n"
+        "while True:\n    w.archive_all(list(STREAMS))\n"
+    )
+    env = {**os.environ, "FP_PG_DSN": app.db.dsn.reveal(), "FP_HOME": str(fp_home), "PYTHONPATH": str(ROOT)}
+    for delay in (0.0, 0.4, 0.9):
+        proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, cwd=ROOT)
+        assert proc.stdout is not None
+        for _ in range(3):
+            proc.stdout.readline()  # at least a few commits landed
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    ArchiveWriter(app.db, app.bus, app.lake).archive_all(list(STREAMS))
+    for stream in STREAMS:
+        seen = _positions(app.lake, stream)
+        assert set(seen) == _bus_positions(app.bus, stream), stream
+        assert max(seen.values()) == 1, stream
+
+
+def test_archive_on_s3_through_moto(app, moto_endpoint):
+    settings = S3ObjectStore("s3", bucket="fp-archive-test", prefix="fp", region="us-east-1",
+                             endpoint_url=moto_endpoint, credentials=AwsCredentials(None, None, None))
+    from lake.object_store import s3_client
+
+    s3_client(settings).create_bucket(Bucket="fp-archive-test")
+    lake = open_lake(settings)
+    assert lake.root_uri == "s3://fp-archive-test/fp/delta" and "AWS_ENDPOINT_URL" not in repr(lake)
+    _publish(app, 60)
+    ArchiveWriter(app.db, app.bus, lake, max_records_per_commit=25).archive_stream(TRAFFIC)
+    ArchiveWriter(app.db, app.bus, lake).archive_stream(TRAFFIC)
+    seen = _positions(lake, TRAFFIC)
+    assert set(seen) == _bus_positions(app.bus, TRAFFIC) and max(seen.values()) == 1
+    assert archive_progress(lake, TRAFFIC) == app.bus.end_offsets(TRAFFIC)
+
+
+def test_duckdb_views_over_archive_snapshots_audit_and_datasets(app):
+    from online.serving import FeatureServer
+    from online.snapshot_store import flush_outbox
+    from tests.helpers import request
+
+    _publish(app, 40)
+    app.bus.append(TRAFFIC, [("k", b"not json")])
+    run_workers(app, until_idle=True)
+    server = FeatureServer(app.db, app.bus, app.registry)
+    response = server.get_features(request([("account", "a1")], [("txn_velocity", "2.0")], T0 + 100 * S))
+    server.close()
+    flush_outbox(app.db, app.store, app.lake)
+    run_workers(app, until_idle=True)
+    q = lambda sql: run_query(app.lake, app.store, sql)["rows"]  # noqa: E731
+    assert q("SELECT count(*), count(DISTINCT event_id) FROM archive_traffic") == [[41, 40]]
+    assert q("SELECT reason_code, \"offset\" IS NOT NULL FROM apply_failures") == [["MALFORMED_RECORD", True]]
+    digest = response["snapshot"]["feature_snapshot_hash"]
+    assert q("SELECT snapshot_hash FROM snapshots") == [[digest]]
+    expected = response["snapshot"]["by_key"][0]["by_group"][0]["features"]["txn_count_24h"]
+    assert q("SELECT value FROM snapshot_features WHERE feature_name = 'txn_count_24h'") == [[float(expected)]]
+    with pytest.raises(Exception, match="views here now"):
+        q("SELECT * FROM no_such_view")
