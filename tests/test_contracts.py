@@ -55,3 +55,63 @@ def test_request_and_error_examples_match_their_schemas():
     from pipelines.snapshot import error_response
 
     assert validator("error_response.schema.json").is_valid(error_response("NOT_FOUND", "x", False, None))
+
+
+def test_served_response_matches_the_response_schema(app):
+    from online.admission import Publisher
+    from online.ofp_worker import OfpWorker
+    from online.serving import FeatureServer
+    from tests.helpers import S, lines
+
+    Publisher(app.db, app.bus).publish("fp.bus.traffic.fraud.v1", lines([txn(i, T0 + i * S) for i in range(5)]), "t")
+    OfpWorker(app.db, app.bus, app.registry).run_until_idle()
+    server = FeatureServer(app.db, app.bus, app.registry)
+    response = server.get_features(request([("account", "a1"), ("device", "zz")],
+                                           [("txn_velocity", "2.0"), ("device_reuse", "1.0")], T0 + 9 * S))
+    server.close()
+    assert response["kind"] == "get_features_response"
+    check = validator("get_features_response.schema.json")
+    assert check.is_valid(response), list(check.iter_errors(response))[:1]
+    broken = copy.deepcopy(response)
+    broken["snapshot"]["feature_snapshot_hash"] = "sha256:xyz"
+    assert not check.is_valid(broken)
+
+
+BASIS = {"stream_name": "fp.bus.traffic.fraud.v1", "watermark_basis": {"0": 10, "1": 3}}
+
+
+def _intent() -> dict:
+    return {"request_id": "r1", "intent_kind": "dataset_build",
+            "context_pins": {"scenario_id": "s", "run_id": "r", "manifest_fingerprint": "m", "parameter_hash": "p"},
+            "replay_basis": copy.deepcopy(BASIS), "feature_groups": [{"group_name": "txn_velocity",
+                                                                       "group_version": "1.0"}],
+            "label_as_of_utc": "2026-01-10T00:00:00Z",
+            "observation_scope": {"ts_from_utc": "2026-01-03T00:00:00Z", "ts_to_utc": "2026-01-04T00:00:00Z"}}
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda i: None,
+    lambda i: i.pop("observation_scope"),
+    lambda i: i.pop("label_as_of_utc"),
+    lambda i: i.update(intent_kind="train"),
+    lambda i: i.update(request_id="a/b"),
+    lambda i: i["replay_basis"]["watermark_basis"].update({"0": -1}),
+    lambda i: i["replay_basis"].update(stream_name="fp.bus.labels.v1"),
+    lambda i: i.update(replay_basis={"stream_name": "fp.bus.traffic.fraud.v1", "watermark_basis": {}}),
+    lambda i: i.update(label_as_of_utc="yesterday"),
+    lambda i: i.update(surprise=True),
+    lambda i: i.update(intent_kind="parity_rebuild") or i.pop("observation_scope"),
+])
+def test_build_intent_schema_agrees_with_parse_intent(mutate):
+    from config import default_registry
+    from offline.intents import IntentRejected, parse_intent
+
+    intent = _intent()
+    mutate(intent)
+    schema_ok = validator("build_intent.schema.json").is_valid(intent)
+    try:
+        parse_intent(intent, default_registry())
+        code_ok = True
+    except IntentRejected:
+        code_ok = False
+    assert schema_ok == code_ok
