@@ -9,7 +9,8 @@ from __future__ import annotations
 import polars as pl
 import psycopg
 
-from pipelines.features import contribution_schema
+from pipelines.buckets import BUCKET, bucket_partials, bucket_plan, describe_plan, partial_columns
+from pipelines.features import KEY, contribution_schema
 from pipelines.registry import GroupDef, Registry, RegistryError
 
 PIN_COLUMNS = ("scenario_id", "run_id", "manifest_fingerprint", "parameter_hash")
@@ -34,6 +35,56 @@ def register_groups(conn: psycopg.Connection, registry: Registry) -> dict[tuple[
                                 f"{name}@{version} was published with {digest}; config now says {group.digest}")
         ids[(name, version)] = gid
     return ids
+
+
+def bucket_specs(conn: psycopg.Connection) -> dict[int, int]:
+    """group_id -> bucket width (µs) for every group that keeps buckets."""
+    return {int(g): int(w) for g, w in conn.execute("SELECT group_id, width_us FROM ofp_bucket_specs")}
+
+
+def write_buckets(conn: psycopg.Connection, group: GroupDef, group_id: int, width_us: int,
+                  partials: pl.DataFrame) -> int:
+    """Merge (scope_id, key_id, bucket, p0..pn) partials into the stored buckets (add sums, max maxes)."""
+    if partials.is_empty():
+        return 0
+    columns = partial_columns(group, width_us)
+    is_max = [not p.additive for p in bucket_plan(group, width_us)]
+    arrays = ["{" + ",".join("NULL" if v is None else str(v) for v in row) + "}"
+              for row in partials.select(columns).iter_rows()]
+    conn.execute(
+        """INSERT INTO ofp_buckets AS t (scope_id, group_id, key_id, bucket, p)
+           SELECT s, %s, k, b, a::bigint[] FROM unnest(%s::int[], %s::text[], %s::bigint[], %s::text[]) AS u(s, k, b, a)
+           ON CONFLICT (scope_id, group_id, key_id, bucket) DO UPDATE SET p = ARRAY(
+               SELECT CASE WHEN m THEN GREATEST(x, y) ELSE x + y END
+                 FROM unnest(t.p, EXCLUDED.p, %s::boolean[]) WITH ORDINALITY AS v(x, y, m, i) ORDER BY i)""",
+        (group_id, partials["scope_id"].to_list(), partials[KEY].to_list(), partials[BUCKET].to_list(), arrays,
+         is_max),
+    )
+    return partials.height
+
+
+def ensure_bucket_specs(conn: psycopg.Connection, registry: Registry, group_ids: dict[tuple[str, str], int],
+                        wanted: dict[tuple[str, str], int]) -> dict[int, int]:
+    """Register bucket specs for the configured groups; a new spec is backfilled from the
+    contributions already applied, under a lock that holds writers back until it commits."""
+    conn.execute("SELECT pg_advisory_xact_lock(7304, 0)")
+    specs = bucket_specs(conn)
+    for ref, width_us in sorted(wanted.items()):
+        group = registry.get(*ref)
+        if group is None or group_ids[ref] in specs:
+            continue
+        conn.execute("LOCK TABLE ofp_contributions IN SHARE MODE")
+        gid = group_ids[ref]
+        conn.execute("INSERT INTO ofp_bucket_specs (group_id, width_us, partials) VALUES (%s, %s, %s)",
+                     (gid, width_us, describe_plan(bucket_plan(group, width_us))))
+        schema = {"scope_id": pl.Int32(), **contribution_schema(group)}
+        cur = conn.cursor(binary=True)
+        cur.execute(f"""SELECT scope_id, {", ".join(f'"{c}"' for c in contribution_schema(group))}
+                          FROM ofp_contributions WHERE group_id = %s""", (gid,))
+        existing = pl.DataFrame(cur.fetchall(), schema=schema, orient="row")
+        write_buckets(conn, group, gid, width_us, bucket_partials(existing, group, width_us, by=("scope_id",)))
+        specs[gid] = width_us
+    return specs
 
 
 class OfpStateWriter:
@@ -100,6 +151,32 @@ class OfpStateReader:
             tuple(pins[c] for c in PIN_COLUMNS),
         ).fetchone()
         return None if row is None else int(row[0])
+
+    def contributions_in(self, conn: psycopg.Connection, scope_id: int, group: GroupDef, key_ids: list[str],
+                         spans: list[tuple[int, int]]) -> pl.DataFrame:
+        """The group's contributions for these keys with ts in any of the (lo, hi] spans."""
+        schema = contribution_schema(group)
+        columns = ", ".join(f'"{c}"' for c in schema)
+        cur = conn.cursor(binary=True)
+        cur.execute(
+            f"""SELECT {columns} FROM ofp_contributions c
+                  JOIN unnest(%s::bigint[], %s::bigint[]) AS s(lo, hi) ON c.ts_us > s.lo AND c.ts_us <= s.hi
+                 WHERE scope_id = %s AND group_id = %s AND key_id = ANY(%s)""",
+            ([lo for lo, _ in spans], [hi for _, hi in spans], scope_id, self.group_ids[group.ref], key_ids),
+        )
+        return pl.DataFrame(cur.fetchall(), schema=schema, orient="row")
+
+    def buckets(self, conn: psycopg.Connection, scope_id: int, group: GroupDef, width_us: int, key_ids: list[str],
+                first: int, last: int) -> pl.DataFrame:
+        columns = partial_columns(group, width_us)
+        rows = conn.execute(
+            """SELECT key_id, bucket, p FROM ofp_buckets WHERE scope_id = %s AND group_id = %s
+                  AND key_id = ANY(%s) AND bucket BETWEEN %s AND %s""",
+            (scope_id, self.group_ids[group.ref], key_ids, first, last),
+        ).fetchall()
+        return pl.DataFrame([(k, b, *p) for k, b, p in rows],
+                            schema={KEY: pl.String(), BUCKET: pl.Int64(), **dict.fromkeys(columns, pl.Int64())},
+                            orient="row")
 
     def contributions(self, conn: psycopg.Connection, scope_id: int, group: GroupDef, key_ids: list[str],
                       as_of_us: int) -> pl.DataFrame:

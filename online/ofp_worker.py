@@ -15,7 +15,15 @@ import polars as pl
 
 from online.bus.base import EventBus
 from online.checkpoints import Fenced, Lease, advance, bump_counters, claim, record_failures, release
-from online.ofp_state import CONSUMER, OfpStateWriter, register_groups
+from online.ofp_state import (
+    CONSUMER,
+    OfpStateWriter,
+    bucket_specs,
+    ensure_bucket_specs,
+    register_groups,
+    write_buckets,
+)
+from pipelines.buckets import bucket_partials
 from pipelines.events import decode_transactions, first_positions
 from pipelines.features import KEY, TS, contributions
 from pipelines.registry import GroupDef, Registry
@@ -39,7 +47,7 @@ def worker_identity() -> str:
 
 class OfpWorker:
     def __init__(self, db: Database, bus: EventBus, registry: Registry, *, batch_size: int = 5000,
-                 owner: str | None = None) -> None:
+                 owner: str | None = None, bucketed: dict[tuple[str, str], int] | None = None) -> None:
         self.db = db
         self.bus = bus
         self.registry = registry
@@ -47,6 +55,8 @@ class OfpWorker:
         self.owner = owner or worker_identity()
         with db.transaction() as conn:
             self.writer = OfpStateWriter(register_groups(conn, registry))
+        with db.transaction() as conn:
+            ensure_bucket_specs(conn, registry, self.writer.group_ids, bucketed or {})
 
     def run_until_idle(self, stats: WorkerStats | None = None) -> WorkerStats:
         """Drain every partition of the traffic stream, then return."""
@@ -84,6 +94,10 @@ class OfpWorker:
         unique = first_positions(frame)
         in_batch_dupes = frame.height - unique.height
         with self.db.transaction() as conn:
+            # taken before reading the bucket specs: a spec registered concurrently either sees this
+            # batch's rows in its backfill or is seen here (see ensure_bucket_specs)
+            conn.execute("LOCK TABLE ofp_contributions IN ROW EXCLUSIVE MODE")
+            widths = bucket_specs(conn)
             record_failures(conn, CONSUMER, TRAFFIC,
                             [(f.partition, f.offset, f.event_id, f.reason_code, f.detail) for f in failures])
             fresh = self.writer.claim_events(conn, unique)
@@ -95,6 +109,11 @@ class OfpWorker:
                                                 "parameter_hash"], how="left")
                 parts = [_group_rows(scoped, g, self.writer.group_ids[g.ref]) for g in self.registry.all()]
                 written = self.writer.write_contributions(conn, pl.concat(parts, how="diagonal_relaxed"))
+                for group, part in zip(self.registry.all(), parts, strict=True):
+                    gid = self.writer.group_ids[group.ref]
+                    if gid in widths:
+                        write_buckets(conn, group, gid, widths[gid],
+                                      bucket_partials(part, group, widths[gid], by=("scope_id",)))
             last_ts = int(fresh[TS].max()) if not fresh.is_empty() else None
             bump_counters(conn, CONSUMER, TRAFFIC, lease.partition, applied=fresh.height, duplicates=duplicates,
                           failures=len(failures), last_ts_us=last_ts)

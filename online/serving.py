@@ -15,7 +15,8 @@ import psycopg
 
 from online.bus.base import EventBus
 from online.checkpoints import watermarks
-from online.ofp_state import CONSUMER, OfpStateReader, register_groups
+from online.ofp_state import CONSUMER, OfpStateReader, bucket_specs, register_groups
+from pipelines.buckets import bucket_range, point_features_bucketed, raw_intervals
 from pipelines.features import AS_OF, KEY, point_features
 from pipelines.registry import Registry
 from pipelines.snapshot import assemble, error_response, input_basis
@@ -74,13 +75,22 @@ class FeatureServer:
             if scope_id is None:
                 raise _NotFound("nothing has been applied for these context pins")
             basis = input_basis(TRAFFIC, watermarks(conn, CONSUMER, TRAFFIC, self.partitions))
+            widths = bucket_specs(conn)
             frames: dict[tuple[str, str], pl.DataFrame] = {}
+            as_of = request.as_of_us
             for group in request.groups:
                 key_ids = [key_id for key_type, key_id in request.keys if key_type == group.key_type]
-                contribs = reader.contributions(conn, scope_id, group, key_ids, request.as_of_us)
-                queries = pl.DataFrame({KEY: key_ids, AS_OF: [request.as_of_us] * len(key_ids)},
+                queries = pl.DataFrame({KEY: key_ids, AS_OF: [as_of] * len(key_ids)},
                                        schema={KEY: pl.String(), AS_OF: pl.Int64()})
-                frames[group.ref] = point_features(contribs, queries, group)
+                width = widths.get(reader.group_ids[group.ref])
+                if width is None:
+                    contribs = reader.contributions(conn, scope_id, group, key_ids, as_of)
+                    frames[group.ref] = point_features(contribs, queries, group)
+                else:  # hot-key path: stored buckets for window interiors, raw rows at the edges
+                    raw = reader.contributions_in(conn, scope_id, group, key_ids, raw_intervals(group, as_of, width))
+                    first, last = bucket_range(group, as_of, width)
+                    buckets = reader.buckets(conn, scope_id, group, width, key_ids, first, last)
+                    frames[group.ref] = point_features_bucketed(raw, buckets, queries, group, width)
             response = assemble(request, frames, basis,
                                 {"registry_digest": self.registry.digest})
             digest = response["snapshot"]["feature_snapshot_hash"]

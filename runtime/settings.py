@@ -107,6 +107,7 @@ class Settings:
     bus: EmbeddedBus | KinesisBus
     batch_size: int = 5000
     health: HealthThresholds = field(default_factory=HealthThresholds)
+    bucketed_groups: dict[tuple[str, str], int] = field(default_factory=dict)  # (name, version) -> width µs
 
 
 def _env_secret(name: str, env: dict[str, str]) -> Secret | None:
@@ -194,4 +195,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
 
     health = HealthThresholds(**(raw.get("health") or {}))
     batch_size = int((raw.get("worker") or {}).get("batch_size", 5000))
-    return Settings(profile, home, postgres, object_store, bus, batch_size, health)
+    bucketed: dict[tuple[str, str], int] = {}
+    for ref, seconds in ((raw.get("serving") or {}).get("bucketed_groups") or {}).items():
+        name, _, version = str(ref).partition("@")
+        if not version or not isinstance(seconds, int) or seconds <= 0:
+            raise ConfigError("CONFIG_INVALID", f"serving.bucketed_groups takes name@version: seconds in {where}")
+        bucketed[(name, version)] = seconds * 1_000_000
+    return Settings(profile, home, postgres, object_store, bus, batch_size, health, bucketed)

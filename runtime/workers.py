@@ -14,7 +14,8 @@ from schemas.streams import STREAMS
 
 
 def run_workers(app: Any, *, until_idle: bool, poll_seconds: float = 1.0) -> dict[str, Any]:
-    ofp = OfpWorker(app.db, app.bus, app.registry, batch_size=app.settings.batch_size)
+    ofp = OfpWorker(app.db, app.bus, app.registry, batch_size=app.settings.batch_size,
+                    bucketed=app.settings.bucketed_groups)
     archive = ArchiveWriter(app.db, app.bus, app.lake)
     stats = WorkerStats()
     archived = ArchiveStats()

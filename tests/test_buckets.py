@@ -1,0 +1,99 @@
+"""Hot keys: exact bucketed evaluation equals the raw definition, in pure form and through the
+worker and server, including a spec registered (and backfilled) after data was applied."""
+
+from __future__ import annotations
+
+import random
+
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from config import default_registry
+from online.admission import Publisher
+from online.ofp_state import OfpStateReader
+from online.ofp_worker import OfpWorker
+from online.serving import FeatureServer
+from pipelines.buckets import bucket_partials, point_features_bucketed, raw_intervals
+from pipelines.features import AS_OF, KEY, TS, contributions, point_features
+from schemas.streams import TRAFFIC
+from tests import reference
+from tests.helpers import T0, S, lines, request, txn
+
+H = 3600 * S
+REGISTRY = default_registry()
+
+
+def _frame(rng: random.Random, n: int) -> pl.DataFrame:
+    rows = []
+    for i in range(n):
+        ts = T0 + rng.randrange(0, 9 * 24 * H)
+        if rng.random() < 0.2:
+            ts = ts // H * H + rng.choice([-1, 0, 1])  # on and next to bucket edges
+        rows.append({"partition": 0, "offset": i, "event_id": f"e{i}", TS: ts, "account_id": f"a{rng.randrange(2)}",
+                     "card_id": f"c{rng.randrange(3)}", "customer_id": f"u{rng.randrange(2)}",
+                     "merchant_id": f"m{rng.randrange(2)}",
+                     "device_id": None if rng.random() < 0.2 else f"d{rng.randrange(2)}",
+                     "amount_minor": rng.randrange(0, 1000), "channel": rng.choice(["ecom", "mobile", "card_present"])})
+    return pl.DataFrame(rows)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), width_hours=st.sampled_from([1, 2, 5]), n=st.integers(0, 400))
+def test_bucketed_evaluation_equals_the_definition(seed, width_hours, n):
+    rng = random.Random(seed)
+    frame = _frame(rng, n)
+    width = width_hours * H
+    for group in REGISTRY.all():
+        contribs = contributions(frame, group) if n else pl.DataFrame(
+            schema={KEY: pl.String(), TS: pl.Int64(), **{f: pl.Int64() if f == "amount_minor" else pl.String()
+                                                          for f in group.fields}})
+        buckets = bucket_partials(contribs, group, width)
+        for _ in range(4):
+            key = f"{group.key_field[0]}{rng.randrange(2)}"
+            as_of = T0 + rng.randrange(0, 10 * 24 * H)
+            if rng.random() < 0.4:
+                as_of = as_of // width * width + rng.choice([-1, 0, 1])
+            query = pl.DataFrame({KEY: [key], AS_OF: [as_of]})
+            spans = raw_intervals(group, as_of, width)
+            inside = pl.lit(False)
+            for lo, hi in spans:
+                inside = inside | ((pl.col(TS) > lo) & (pl.col(TS) <= hi))
+            raw = contribs.filter((pl.col(KEY) == key) & inside)
+            expected = point_features(contribs, query, group)
+            assert point_features_bucketed(raw, buckets, query, group, width).equals(expected), group.ref
+
+
+def _serve(app, req):
+    server = FeatureServer(app.db, app.bus, app.registry)
+    try:
+        return server.get_features(req)
+    finally:
+        server.close()
+
+
+def test_hot_merchant_served_exactly_without_reading_its_window(app, monkeypatch):
+    rng = random.Random(4)
+    events = [txn(i, T0 + rng.randrange(0, 7 * 24 * 3600) * S, account=f"a{i % 50}", card=f"c{i % 70}",
+                  merchant="hot", amount=rng.randrange(1, 500)) for i in range(6000)]
+    publisher = Publisher(app.db, app.bus)
+    publisher.publish(TRAFFIC, lines(events[:3000]), "t")
+    OfpWorker(app.db, app.bus, app.registry).run_until_idle()  # no buckets yet
+    publisher.publish(TRAFFIC, lines(events[3000:]), "t")
+    OfpWorker(app.db, app.bus, app.registry, batch_size=700,  # registers the spec with a backfill
+              bucketed={("merchant_activity", "1.0"): 3600 * S}).run_until_idle()
+    read_rows: list[int] = []
+    original = OfpStateReader.contributions_in
+
+    def counting(self, *args, **kwargs):
+        frame = original(self, *args, **kwargs)
+        read_rows.append(frame.height)
+        return frame
+
+    monkeypatch.setattr(OfpStateReader, "contributions_in", counting)
+    flat = [reference.flatten(e) for e in events]
+    for as_of in (T0 + 7 * 24 * 3600 * S, T0 + 5 * 24 * 3600 * S + 1, T0 + 36 * 3600 * S - 1):
+        response = _serve(app, request([("merchant", "hot")], [("merchant_activity", "1.0")], as_of))
+        expected, _ = reference.features(flat, "merchant_activity@1.0", "e_merchant_hot", as_of)
+        assert response["snapshot"]["by_key"][0]["by_group"][0]["features"] == expected
+    assert read_rows and max(read_rows) < 600  # of up to 6000 in the 7-day window
