@@ -232,3 +232,52 @@ def test_bad_record_goes_to_the_failure_ledger_and_the_worker_continues(app):
     with app.db.transaction() as conn:
         rows = conn.execute('SELECT stream, partition, "offset", reason_code FROM apply_failures').fetchall()
     assert len(rows) == 1 and rows[0][3] == "MALFORMED_RECORD"
+
+
+def test_kill_9_during_apply_then_restart_counts_every_event_exactly_once(app, fp_home):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    events = [txn(i, T0 + i * S, account=f"a{i % 13}", device=None if i % 5 == 0 else f"d{i % 7}")
+              for i in range(3000)]
+    Publisher(app.db, app.bus).publish(TRAFFIC, lines(events), "test")
+    Publisher(app.db, app.bus).publish(TRAFFIC, lines(events[:500]), "test")  # admission dedupes these
+    app.bus.append(TRAFFIC, [(e["payload"]["flow_id"], json.dumps(e).encode()) for e in events[:300]])
+    script = (
+        "from runtime.app import App\nfrom online.ofp_worker import OfpWorker\n"
+        "app = App()\n"
+        "w = OfpWorker(app.db, app.bus, app.registry, batch_size=37, owner='crashy',"
+        " bucketed={('merchant_activity', '1.0'): 3600_000_000})\n"
+        "print('ready', flush=True)\n"
+        "while True:\n    w.run_until_idle()\n"
+    )
+    env = {**os.environ, "FP_PG_DSN": app.db.dsn.reveal(), "FP_HOME": str(fp_home), "PYTHONPATH": str(root)}
+    for delay in (0.3, 0.8, 1.5):
+        proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, cwd=root)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # the restarted worker has the same identity, so it re-claims the partitions at once
+    OfpWorker(app.db, app.bus, app.registry, owner="crashy",
+              bucketed={("merchant_activity", "1.0"): 3600_000_000}).run_until_idle()
+    with app.db.transaction() as conn:
+        applied = conn.execute("SELECT sum(applied) FROM consumer_counters WHERE consumer = 'ofp'").fetchone()[0]
+        rows = conn.execute("SELECT count(*) FROM ofp_contributions").fetchone()[0]
+        claimed = conn.execute("SELECT count(*) FROM ofp_event_ids").fetchone()[0]
+    with_device = sum(1 for e in events if e["payload"]["device_id"] is not None)
+    assert (applied, claimed) == (3000, 3000)
+    assert rows == 3000 * 5 + with_device  # five groups keyed on every event, one on devices
+    flat = [reference.flatten(e) for e in events]
+    as_of = T0 + 2999 * S
+    response = serve(app, request(ALL_KEYS, ALL_GROUPS, as_of))
+    for entry in response["snapshot"]["by_key"]:
+        for group in entry["by_group"]:
+            label = f"{group['group']['group_name']}@{group['group']['group_version']}"
+            expected, _ = reference.features(flat, label, entry["feature_key"]["key_id"], as_of)
+            assert group["features"] == expected, label
