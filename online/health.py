@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from online.checkpoints import watermarks
-from pipelines.timefmt import US_PER_SECOND
+from pipelines.timefmt import US_PER_SECOND, format_ts
 from runtime.errors import FpError
 from schemas.streams import TRAFFIC
 
@@ -24,44 +24,72 @@ def worst(*statuses: str) -> str:
 
 
 def consumer_health(app: Any, consumer: str, stream: str) -> dict[str, Any]:
+    """Counters, and lag plus event-time watermark age per partition, for one consumer of one stream."""
     t = app.settings.health
     partitions = app.bus.partitions(stream)
     ends = app.bus.end_offsets(stream)
     with app.db.transaction() as conn:
         applied_basis = watermarks(conn, consumer, stream, partitions)
-        counters = conn.execute(
-            """SELECT coalesce(sum(applied), 0), coalesce(sum(duplicates), 0), coalesce(sum(failures), 0),
-                      max(last_event_ts_us), max(extract(epoch FROM now() - c.updated_at))
+        rows = conn.execute(
+            """SELECT k.partition, k.applied, k.duplicates, k.failures, k.last_event_ts_us,
+                      extract(epoch FROM now() - c.updated_at)::float8
                  FROM consumer_counters k
                  LEFT JOIN consumer_checkpoints c USING (consumer, stream, partition)
                 WHERE k.consumer = %s AND k.stream = %s""",
             (consumer, stream),
-        ).fetchone()
-    applied, duplicates, failures, last_ts, checkpoint_age = counters
-    lag = {str(p): (ends[p] - applied_basis[p]) if ends else None for p in partitions}
-    total_lag = sum(v for v in lag.values() if v is not None) if ends else None
+        ).fetchall()
+    by_partition = {int(r[0]): r[1:] for r in rows}
+    now = time.time()
+    detail: dict[str, Any] = {}
+    applied = duplicates = failures = 0
+    for p in partitions:
+        a, d, f, last_ts, checkpoint_age = by_partition.get(p, (0, 0, 0, None, None))
+        applied, duplicates, failures = applied + int(a), duplicates + int(d), failures + int(f)
+        detail[str(p)] = {
+            "watermark": applied_basis[p],
+            "lag_records": (ends[p] - applied_basis[p]) if ends else None,
+            "event_time_watermark": None if last_ts is None else format_ts(int(last_ts)),
+            "watermark_age_seconds": None if last_ts is None else max(0.0, now - int(last_ts) / US_PER_SECOND),
+            "checkpoint_age_seconds": checkpoint_age,
+        }
+    total_lag = sum(d["lag_records"] for d in detail.values()) if ends else None
     seen = applied + duplicates + failures
     failure_rate = failures / seen if seen else 0.0
-    watermark_age = None
-    if last_ts is not None:
-        watermark_age = max(0.0, time.time() - last_ts / US_PER_SECOND)
+    # a partition with records waiting whose checkpoint has not moved for a while is stalled
+    stalled = max((d["checkpoint_age_seconds"] or 0.0 for d in detail.values() if d["lag_records"]), default=None)
     status = worst(
         _grade(total_lag, t.lag_records_amber, t.lag_records_red),
         _grade(failure_rate, t.failure_rate_amber, t.failure_rate_red),
+        _grade(stalled, t.watermark_age_seconds_amber, t.watermark_age_seconds_red),
     )
     return {
-        "status": status, "events_applied": int(applied), "duplicates": int(duplicates),
-        "apply_failures": int(failures), "failure_rate": failure_rate, "lag_records": lag,
-        "lag_records_total": total_lag, "watermark_basis": {str(p): v for p, v in applied_basis.items()},
-        "event_time_watermark_age_seconds": watermark_age,
-        "checkpoint_age_seconds": None if checkpoint_age is None else float(checkpoint_age),
+        "status": status, "events_applied": applied, "duplicates": duplicates, "apply_failures": failures,
+        "failure_rate": failure_rate, "lag_records_total": total_lag, "partitions": detail,
+        "stalled_seconds": stalled,
+        "note": "watermark age is wall clock minus event time (replayed history is old by design); status "
+                "grades lag, failure rate and how long a partition with waiting records has not advanced",
     }
+
+
+def archive_health(app: Any) -> dict[str, Any]:
+    """How far the Delta archive is behind the bus, per stream."""
+    from lake.archive import archive_progress
+    from schemas.streams import STREAMS
+
+    t = app.settings.health
+    lag: dict[str, Any] = {}
+    for stream in STREAMS:
+        ends = app.bus.end_offsets(stream) or {}
+        progress = archive_progress(app.lake, stream)
+        lag[stream] = sum(max(0, end - progress.get(p, 0)) for p, end in ends.items())
+    total = sum(lag.values())
+    return {"status": _grade(total, t.lag_records_amber, t.lag_records_red), "lag_records": lag}
 
 
 def serving_health(app: Any) -> dict[str, Any]:
     t = app.settings.health
     with app.db.transaction() as conn:
-        counters = dict(conn.execute("SELECT name, value FROM serve_counters").fetchall())
+        counters = {n: int(v) for n, v in conn.execute("SELECT name, value FROM serve_counters").fetchall()}
         pending = conn.execute("SELECT count(*) FROM snapshot_outbox WHERE flushed_at IS NULL").fetchone()[0]
     built = counters.get("snapshots_built", 0)
     stale_rate = counters.get("stale_groups", 0) / counters["groups_served"] if counters.get("groups_served") else 0.0
@@ -81,6 +109,7 @@ def health_report(app: Any) -> dict[str, Any]:
     try:
         components["ofp_worker"] = consumer_health(app, "ofp", TRAFFIC)
         components["serving"] = serving_health(app)
+        components["archive"] = archive_health(app)
     except FpError as exc:
         return {"status": "RED", "components": {"postgres": {"status": "RED", "error": exc.reason_code}}}
     return {"status": worst(*(c["status"] for c in components.values())), "components": components}
