@@ -129,11 +129,12 @@ class OfpStateWriter:
         """COPY contribution rows (partition, offset, group_id, key_id, scope_id, ts_us, fields...)."""
         if rows.is_empty():
             return 0
-        columns = rows.columns
-        quoted = ", ".join(f'"{c}"' for c in columns)
+        quoted = ", ".join(f'"{c}"' for c in rows.columns)
+        # text COPY straight from polars: every string here passed the id/channel charsets (no tab,
+        # newline or backslash), so no escaping is needed
+        data = rows.write_csv(separator="\t", null_value="\\N", include_header=False, quote_style="never")
         with conn.cursor().copy(f"COPY ofp_contributions ({quoted}) FROM STDIN") as copy:
-            for row in rows.iter_rows():
-                copy.write_row(row)
+            copy.write(data.encode())
         return rows.height
 
 
@@ -152,11 +153,11 @@ class OfpStateReader:
         ).fetchone()
         return None if row is None else int(row[0])
 
-    def contributions_in(self, conn: psycopg.Connection, scope_id: int, group: GroupDef, key_ids: list[str],
-                         spans: list[tuple[int, int]]) -> pl.DataFrame:
-        """The group's contributions for these keys with ts in any of the (lo, hi] spans."""
-        schema = contribution_schema(group)
-        columns = ", ".join(f'"{c}"' for c in schema)
+    def start_contributions(self, conn: psycopg.Connection, scope_id: int, group: GroupDef, key_ids: list[str],
+                            spans: list[tuple[int, int]]) -> psycopg.Cursor:
+        """Send the query for the group's contributions of these keys with ts in any (lo, hi] span;
+        `contribution_frame` reads the result (so several queries can share one pipeline)."""
+        columns = ", ".join(f'"{c}"' for c in contribution_schema(group))
         cur = conn.cursor(binary=True)
         cur.execute(
             f"""SELECT {columns} FROM ofp_contributions c
@@ -164,29 +165,30 @@ class OfpStateReader:
                  WHERE scope_id = %s AND group_id = %s AND key_id = ANY(%s)""",
             ([lo for lo, _ in spans], [hi for _, hi in spans], scope_id, self.group_ids[group.ref], key_ids),
         )
-        return pl.DataFrame(cur.fetchall(), schema=schema, orient="row")
+        return cur
 
-    def buckets(self, conn: psycopg.Connection, scope_id: int, group: GroupDef, width_us: int, key_ids: list[str],
-                first: int, last: int) -> pl.DataFrame:
-        columns = partial_columns(group, width_us)
-        rows = conn.execute(
+    @staticmethod
+    def contribution_frame(cur: psycopg.Cursor, group: GroupDef) -> pl.DataFrame:
+        return pl.DataFrame(cur.fetchall(), schema=contribution_schema(group), orient="row")
+
+    def start_buckets(self, conn: psycopg.Connection, scope_id: int, group: GroupDef, key_ids: list[str],
+                      first: int, last: int) -> psycopg.Cursor:
+        cur = conn.cursor(binary=True)
+        cur.execute(
             """SELECT key_id, bucket, p FROM ofp_buckets WHERE scope_id = %s AND group_id = %s
                   AND key_id = ANY(%s) AND bucket BETWEEN %s AND %s""",
             (scope_id, self.group_ids[group.ref], key_ids, first, last),
-        ).fetchall()
-        return pl.DataFrame([(k, b, *p) for k, b, p in rows],
+        )
+        return cur
+
+    @staticmethod
+    def bucket_frame(cur: psycopg.Cursor, group: GroupDef, width_us: int) -> pl.DataFrame:
+        columns = partial_columns(group, width_us)
+        return pl.DataFrame([(k, b, *p) for k, b, p in cur.fetchall()],
                             schema={KEY: pl.String(), BUCKET: pl.Int64(), **dict.fromkeys(columns, pl.Int64())},
                             orient="row")
 
-    def contributions(self, conn: psycopg.Connection, scope_id: int, group: GroupDef, key_ids: list[str],
-                      as_of_us: int) -> pl.DataFrame:
-        """The group's contributions for these keys with T - L < ts <= T."""
-        schema = contribution_schema(group)
-        columns = ", ".join(f'"{c}"' for c in schema)
-        cur = conn.cursor(binary=True)
-        cur.execute(
-            f"""SELECT {columns} FROM ofp_contributions
-                 WHERE scope_id = %s AND group_id = %s AND key_id = ANY(%s) AND ts_us > %s AND ts_us <= %s""",
-            (scope_id, self.group_ids[group.ref], key_ids, as_of_us - group.lookback_us, as_of_us),
-        )
-        return pl.DataFrame(cur.fetchall(), schema=schema, orient="row")
+    def contributions_in(self, conn: psycopg.Connection, scope_id: int, group: GroupDef, key_ids: list[str],
+                         spans: list[tuple[int, int]]) -> pl.DataFrame:
+        """The group's contributions for these keys with ts in any of the (lo, hi] spans."""
+        return self.contribution_frame(self.start_contributions(conn, scope_id, group, key_ids, spans), group)

@@ -14,7 +14,6 @@ import polars as pl
 import psycopg
 
 from online.bus.base import EventBus
-from online.checkpoints import watermarks
 from online.ofp_state import CONSUMER, OfpStateReader, bucket_specs, register_groups
 from pipelines.buckets import bucket_range, point_features_bucketed, raw_intervals
 from pipelines.features import AS_OF, KEY, point_features
@@ -22,7 +21,7 @@ from pipelines.registry import Registry
 from pipelines.snapshot import assemble, error_response, input_basis
 from runtime.errors import FpError, Unavailable
 from runtime.postgres import Database
-from schemas.requests import InvalidRequest, parse_request
+from schemas.requests import FeatureRequest, InvalidRequest, parse_request
 from schemas.streams import TRAFFIC
 
 
@@ -35,6 +34,8 @@ class FeatureServer:
         self.partitions = bus.partitions(TRAFFIC)
         self._conn: psycopg.Connection | None = None
         self._reader: OfpStateReader | None = None
+        self._widths: dict[int, int] | None = None
+        self._scopes: dict[tuple[tuple[str, str], ...], int] = {}
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -65,46 +66,59 @@ class FeatureServer:
         except FpError as exc:
             return error_response("UNAVAILABLE", exc.message, exc.retryable, parsed.context_pins)
 
-    def _serve(self, request) -> dict[str, Any]:
+    def _serve(self, request: FeatureRequest) -> dict[str, Any]:
         conn = self._connection()
         reader = self._reader
         assert reader is not None  # set with the connection
         try:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            scope_id = reader.scope_id(conn, request.context_pins)
+            scope_id = self._scope_id(conn, reader, request.context_pins)
             if scope_id is None:
                 raise _NotFound("nothing has been applied for these context pins")
-            basis = input_basis(TRAFFIC, watermarks(conn, CONSUMER, TRAFFIC, self.partitions))
-            widths = bucket_specs(conn)
-            frames: dict[tuple[str, str], pl.DataFrame] = {}
+            if self._widths is None:  # specs are only ever added; a group without one is served raw
+                self._widths = bucket_specs(conn)
             as_of = request.as_of_us
-            for group in request.groups:
-                key_ids = [key_id for key_type, key_id in request.keys if key_type == group.key_type]
+            pending = []
+            with conn.pipeline():  # one round trip for the basis and every group's inputs
+                basis_cur = conn.execute(
+                    "SELECT partition, next_offset FROM consumer_checkpoints WHERE consumer = %s AND stream = %s",
+                    (CONSUMER, TRAFFIC))
+                for group in request.groups:
+                    key_ids = [key_id for key_type, key_id in request.keys if key_type == group.key_type]
+                    width = self._widths.get(reader.group_ids[group.ref])
+                    if width is None:
+                        spans = [(as_of - group.lookback_us, as_of)]
+                        bucket_cur = None
+                    else:  # hot-key path: stored buckets for window interiors, raw rows at the edges
+                        spans = raw_intervals(group, as_of, width)
+                        bucket_cur = reader.start_buckets(conn, scope_id, group, key_ids,
+                                                          *bucket_range(group, as_of, width))
+                    raw_cur = reader.start_contributions(conn, scope_id, group, key_ids, spans)
+                    pending.append((group, key_ids, width, raw_cur, bucket_cur))
+            found = dict(basis_cur.fetchall())
+            basis = input_basis(TRAFFIC, {p: int(found.get(p, 0)) for p in self.partitions})
+            lazy = []
+            for group, key_ids, width, raw_cur, bucket_cur in pending:
                 queries = pl.DataFrame({KEY: key_ids, AS_OF: [as_of] * len(key_ids)},
                                        schema={KEY: pl.String(), AS_OF: pl.Int64()})
-                width = widths.get(reader.group_ids[group.ref])
-                if width is None:
-                    contribs = reader.contributions(conn, scope_id, group, key_ids, as_of)
-                    frames[group.ref] = point_features(contribs, queries, group)
-                else:  # hot-key path: stored buckets for window interiors, raw rows at the edges
-                    raw = reader.contributions_in(conn, scope_id, group, key_ids, raw_intervals(group, as_of, width))
-                    first, last = bucket_range(group, as_of, width)
-                    buckets = reader.buckets(conn, scope_id, group, width, key_ids, first, last)
-                    frames[group.ref] = point_features_bucketed(raw, buckets, queries, group, width)
-            response = assemble(request, frames, basis,
-                                {"registry_digest": self.registry.digest})
+                raw = reader.contribution_frame(raw_cur, group)
+                if width is None or bucket_cur is None:
+                    lazy.append(point_features(raw, queries, group, lazy=True))
+                else:
+                    buckets = reader.bucket_frame(bucket_cur, group, width)
+                    lazy.append(point_features_bucketed(raw, buckets, queries, group, width, lazy=True))
+            frames = {g.ref: f for (g, *_), f in zip(pending, pl.collect_all(lazy), strict=True)}
+            response = assemble(request, frames, basis, {"registry_digest": self.registry.digest})
             digest = response["snapshot"]["feature_snapshot_hash"]
-            conn.execute(
-                """INSERT INTO snapshot_outbox (snapshot_hash, response) VALUES (%s, %s)
-                   ON CONFLICT DO NOTHING""",
-                (digest, json.dumps(response, sort_keys=True)),
-            )
             warnings = response["provenance"]["warnings"]
             conn.execute(
-                """INSERT INTO serve_counters (name, value)
+                """WITH outbox AS (INSERT INTO snapshot_outbox (snapshot_hash, response) VALUES (%s, %s)
+                                   ON CONFLICT DO NOTHING)
+                   INSERT INTO serve_counters (name, value)
                    SELECT * FROM unnest(%s::text[], %s::bigint[])
                    ON CONFLICT (name) DO UPDATE SET value = serve_counters.value + EXCLUDED.value""",
-                (["snapshots_built", "groups_served", "stale_groups", "no_data_groups"],
+                (digest, json.dumps(response, sort_keys=True),
+                 ["snapshots_built", "groups_served", "stale_groups", "no_data_groups"],
                  [1, len(response["provenance"]["freshness"]),
                   sum(w["code"] == "STALE_GROUP" for w in warnings), sum(w["code"] == "NO_DATA" for w in warnings)]),
             )
@@ -114,6 +128,16 @@ class FeatureServer:
             if not conn.closed:
                 conn.execute("ROLLBACK")
             raise
+
+    def _scope_id(self, conn: psycopg.Connection, reader: OfpStateReader, pins: dict[str, str]) -> int | None:
+        """Scopes are never deleted, so a found id is cached; a missing one is asked again next time."""
+        key = tuple(sorted(pins.items()))
+        if key not in self._scopes:
+            found = reader.scope_id(conn, pins)
+            if found is None:
+                return None
+            self._scopes[key] = found
+        return self._scopes[key]
 
 
 class _NotFound(Exception):

@@ -138,7 +138,7 @@ def _interior_mask(width: int, width_us: int) -> pl.Expr:
 
 
 def point_features_bucketed(raw: pl.DataFrame, buckets: pl.DataFrame, queries: pl.DataFrame, group: GroupDef,
-                            width_us: int) -> pl.DataFrame:
+                            width_us: int, lazy: bool = False) -> pl.DataFrame | pl.LazyFrame:
     """Same result as `point_features(all contributions, queries, group)`, from the raw rows in
     `raw_intervals` and the stored bucket partials (columns key_id, bucket, p0..pn)."""
     plan = bucket_plan(group, width_us)
@@ -184,7 +184,8 @@ def point_features_bucketed(raw: pl.DataFrame, buckets: pl.DataFrame, queries: p
     ).with_columns(combine)
     if group.derived:
         result = result.with_columns([derived_expr(d) for d in group.derived])
-    return result.select(KEY, AS_OF, *group.feature_names, LAST_UPDATE).sort(KEY, AS_OF).collect()
+    result = result.select(KEY, AS_OF, *group.feature_names, LAST_UPDATE).sort(KEY, AS_OF)
+    return result if lazy else result.collect()
 
 
 def _additive_columns(group: GroupDef, width_us: int) -> list[str]:

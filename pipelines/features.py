@@ -78,25 +78,47 @@ def derived_expr(derived: DerivedDef) -> pl.Expr:
     return pl.when(den != 0).then(num / den.cast(pl.Float64)).otherwise(None).alias(derived.name)
 
 
-def window_mask(width_us: int) -> pl.Expr:
-    return (pl.col(TS) > pl.col(AS_OF) - width_us) & (pl.col(TS) <= pl.col(AS_OF))
+def window_mask(width_us: int, as_of: pl.Expr | None = None) -> pl.Expr:
+    """T - w < ts <= T, with T a column of the frame (default) or a literal."""
+    at = pl.col(AS_OF) if as_of is None else as_of
+    return (pl.col(TS) > at - width_us) & (pl.col(TS) <= at)
 
 
-def point_features(contribs: pl.DataFrame, queries: pl.DataFrame, group: GroupDef) -> pl.DataFrame:
+def _single_as_of(contribs: pl.LazyFrame, queries: pl.LazyFrame, group: GroupDef, as_of: int) -> pl.LazyFrame:
+    """point_features for queries that share one as-of time: the same aggregations with T as a
+    literal, grouped by key (no query x event join); keys without events get the values of an
+    empty window (0 for count, sum and count_distinct; null for max and mean)."""
+    at = pl.lit(as_of, pl.Int64)
+    aggs = [aggregate_expr(f, window_mask(f.window_us, at)) for f in group.features]
+    aggs.append(pl.col(TS).filter(window_mask(group.lookback_us, at).fill_null(False)).max().alias(LAST_UPDATE))
+    found = contribs.group_by(KEY).agg(aggs)
+    zero_when_empty = [f.name for f in group.features if f.agg in ("count", "sum", "count_distinct")]
+    return (queries.join(found, on=KEY, how="left")
+            .with_columns([pl.col(c).fill_null(0) for c in zero_when_empty]))
+
+
+def point_features(contribs: pl.DataFrame, queries: pl.DataFrame, group: GroupDef,
+                   lazy: bool = False) -> pl.DataFrame | pl.LazyFrame:
     """Features and last update time for each (key_id, as_of_us) query, from the key's contributions.
 
-    Returns one row per distinct query with the group's features (sorted names) and `last_update_us`.
+    Returns one row per distinct query with the group's features (sorted names) and `last_update_us`
+    (a LazyFrame when `lazy`, so several groups can be collected together).
     """
-    queries = queries.select(pl.col(KEY).cast(pl.String), pl.col(AS_OF).cast(pl.Int64)).unique()
-    contribs = contribs.select([pl.col(c).cast(t) for c, t in contribution_schema(group).items()])
-    joined = queries.lazy().join(contribs.lazy(), on=KEY, how="left")
-    lookback = window_mask(group.lookback_us)
-    aggs = [aggregate_expr(f, window_mask(f.window_us)) for f in group.features]
-    aggs.append(pl.col(TS).filter(lookback.fill_null(False)).max().alias(LAST_UPDATE))
-    result = joined.group_by(KEY, AS_OF).agg(aggs)
+    as_of_values = set(queries[AS_OF].to_list())
+    queries_lazy = queries.lazy().select(pl.col(KEY).cast(pl.String), pl.col(AS_OF).cast(pl.Int64)).unique()
+    contribs_lazy = contribs.lazy().select([pl.col(c).cast(t) for c, t in contribution_schema(group).items()])
+    if len(as_of_values) == 1:
+        result = _single_as_of(contribs_lazy, queries_lazy, group, as_of_values.pop())
+    else:
+        joined = queries_lazy.join(contribs_lazy, on=KEY, how="left")
+        lookback = window_mask(group.lookback_us)
+        aggs = [aggregate_expr(f, window_mask(f.window_us)) for f in group.features]
+        aggs.append(pl.col(TS).filter(lookback.fill_null(False)).max().alias(LAST_UPDATE))
+        result = joined.group_by(KEY, AS_OF).agg(aggs)
     if group.derived:
         result = result.with_columns([derived_expr(d) for d in group.derived])
-    return result.select(KEY, AS_OF, *group.feature_names, LAST_UPDATE).sort(KEY, AS_OF).collect()
+    result = result.select(KEY, AS_OF, *group.feature_names, LAST_UPDATE).sort(KEY, AS_OF)
+    return result if lazy else result.collect()
 
 
 def rolling_features(contribs: pl.DataFrame, group: GroupDef, row_id: str) -> pl.DataFrame:

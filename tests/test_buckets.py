@@ -83,14 +83,14 @@ def test_hot_merchant_served_exactly_without_reading_its_window(app, monkeypatch
     OfpWorker(app.db, app.bus, app.registry, batch_size=700,  # registers the spec with a backfill
               bucketed={("merchant_activity", "1.0"): 3600 * S}).run_until_idle()
     read_rows: list[int] = []
-    original = OfpStateReader.contributions_in
+    original = OfpStateReader.contribution_frame
 
-    def counting(self, *args, **kwargs):
-        frame = original(self, *args, **kwargs)
+    def counting(cur, group):
+        frame = original(cur, group)
         read_rows.append(frame.height)
         return frame
 
-    monkeypatch.setattr(OfpStateReader, "contributions_in", counting)
+    monkeypatch.setattr(OfpStateReader, "contribution_frame", staticmethod(counting))
     flat = [reference.flatten(e) for e in events]
     for as_of in (T0 + 7 * 24 * 3600 * S, T0 + 5 * 24 * 3600 * S + 1, T0 + 36 * 3600 * S - 1):
         response = _serve(app, request([("merchant", "hot")], [("merchant_activity", "1.0")], as_of))
