@@ -12,7 +12,7 @@ Views:
                                  is not UTF-8 JSON), event_type, event_id, ts_utc
   snapshots                      one row per persisted snapshot (pins, as_of, basis, object ref, response)
   snapshot_features              one row per (snapshot, key, group, feature): value as JSON text and double
-  parity_results, apply_failures, run_events    the audit lake
+  parity_results, apply_failures, run_events, context_reconciliation    the audit lake
   datasets, dataset_manifests    every published dataset file (with its manifest_id) and manifest
 """
 
@@ -37,7 +37,7 @@ ARCHIVE_VIEWS = {
     "fp.bus.labels.v1": "archive_labels",
 }
 AUDIT_VIEWS = {"parity_results": "audit/parity_results", "apply_failures": "audit/apply_failures",
-               "run_events": "audit/run_events"}
+               "run_events": "audit/run_events", "context_reconciliation": "audit/context_reconciliation"}
 
 
 def flatten_snapshots(responses: list[str]) -> pa.Table:

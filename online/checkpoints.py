@@ -7,11 +7,14 @@ same partition fails the compare-and-set and rolls back: a batch can never be ap
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
 
+from online.bus.base import EventBus
 from runtime.errors import TransientError
+from runtime.postgres import Database
 
 LEASE_SECONDS = 30
 
@@ -110,3 +113,35 @@ def bump_counters(conn: psycopg.Connection, consumer: str, stream: str, partitio
                last_event_ts_us = GREATEST(c.last_event_ts_us, EXCLUDED.last_event_ts_us)""",
         (consumer, stream, partition, applied, duplicates, failures, last_ts_us),
     )
+
+
+BatchApplier = Callable[[Lease, list[tuple[int, int, bytes]], int], Lease]
+
+
+def drain(db: Database, bus: EventBus, consumer: str, stream: str, partition: int, owner: str, batch_size: int,
+          apply_batch: BatchApplier, max_batches: int | None = None) -> None:
+    """Claim one partition and feed its records to `apply_batch` until caught up (or `max_batches`).
+
+    `apply_batch(lease, records, next_offset)` applies a batch and advances the checkpoint in one
+    transaction, returning the new lease. A partition someone else holds is skipped.
+    """
+    with db.transaction() as conn:
+        lease = claim(conn, consumer, stream, partition, owner)
+    if lease is None:
+        return
+    try:
+        done = 0
+        while max_batches is None or done < max_batches:
+            batch = bus.read(stream, partition, lease.next_offset, batch_size)
+            if batch.records:
+                lease = apply_batch(lease, [(r.partition, r.offset, r.value) for r in batch.records],
+                                    batch.next_offset)
+                done += 1
+            if batch.caught_up:
+                break
+    finally:
+        try:
+            with db.transaction() as conn:
+                release(conn, lease)
+        except Exception:  # releasing is best effort; the lease expires anyway
+            pass

@@ -104,12 +104,38 @@ def serving_health(app: Any) -> dict[str, Any]:
             "stale_rate": stale_rate, "no_data_rate": no_data_rate}
 
 
+def context_health(app: Any) -> dict[str, Any]:
+    """The join plane: apply counters and lag per context stream, join hits/misses, conflicts."""
+    from online.context_store import CONSUMER
+    from schemas.streams import CONTEXT_STREAMS
+
+    streams = {s: consumer_health(app, CONSUMER, s) for s in CONTEXT_STREAMS}
+    with app.db.transaction() as conn:
+        reads = {n: int(v) for n, v in conn.execute("SELECT name, value FROM context_read_counters").fetchall()}
+        conflicts = dict(conn.execute("SELECT kind, count(*) FROM context_anomalies GROUP BY kind").fetchall())
+    hits, misses = reads.get("join_hits", 0), reads.get("join_misses", 0)
+    miss_rate = misses / (hits + misses) if hits + misses else 0.0
+    t = app.settings.health
+    status = worst(*(h["status"] for h in streams.values()),
+                   _grade(miss_rate, t.join_miss_rate_amber, t.join_miss_rate_red),
+                   "AMBER" if conflicts else "GREEN")
+    return {
+        "status": status, "join_hits": hits, "join_misses": misses, "join_miss_rate": miss_rate,
+        "binding_conflicts": int(conflicts.get("BINDING_CONFLICT", 0)),
+        "other_anomalies": {k: int(v) for k, v in conflicts.items() if k != "BINDING_CONFLICT"},
+        "apply_failures": sum(h["apply_failures"] for h in streams.values()),
+        "lag_records_total": sum(h["lag_records_total"] or 0 for h in streams.values()),
+        "streams": streams,
+    }
+
+
 def health_report(app: Any) -> dict[str, Any]:
     components: dict[str, Any] = {}
     try:
         components["ofp_worker"] = consumer_health(app, "ofp", TRAFFIC)
         components["serving"] = serving_health(app)
         components["archive"] = archive_health(app)
+        components["context"] = context_health(app)
     except FpError as exc:
         return {"status": "RED", "components": {"postgres": {"status": "RED", "error": exc.reason_code}}}
     return {"status": worst(*(c["status"] for c in components.values())), "components": components}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from online.bus.base import EventBus
-from online.checkpoints import Fenced, Lease, advance, bump_counters, claim, record_failures, release
+from online.checkpoints import Fenced, Lease, advance, bump_counters, drain, record_failures
 from online.ofp_state import (
     CONSUMER,
     OfpStateWriter,
@@ -67,26 +67,8 @@ class OfpWorker:
         return stats
 
     def drain_partition(self, partition: int, stats: WorkerStats, max_batches: int | None = None) -> None:
-        with self.db.transaction() as conn:
-            lease = claim(conn, CONSUMER, TRAFFIC, partition, self.owner)
-        if lease is None:
-            return  # another live worker owns it
-        try:
-            done = 0
-            while max_batches is None or done < max_batches:
-                batch = self.bus.read(TRAFFIC, partition, lease.next_offset, self.batch_size)
-                if batch.records:
-                    lease = self.apply_batch(lease, [(r.partition, r.offset, r.value) for r in batch.records],
-                                             batch.next_offset, stats)
-                    done += 1
-                if batch.caught_up:
-                    break
-        finally:
-            try:
-                with self.db.transaction() as conn:
-                    release(conn, lease)
-            except Exception:  # releasing is best effort; the lease expires anyway
-                pass
+        drain(self.db, self.bus, CONSUMER, TRAFFIC, partition, self.owner, self.batch_size,
+              lambda lease, records, next_offset: self.apply_batch(lease, records, next_offset, stats), max_batches)
 
     def apply_batch(self, lease: Lease, records: list[tuple[int, int, bytes]], next_offset: int,
                     stats: WorkerStats) -> Lease:

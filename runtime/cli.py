@@ -176,6 +176,25 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_context_resolve(args: argparse.Namespace) -> int:
+    from online.context_store import ContextReader
+    from runtime.app import App
+
+    answer = ContextReader(App().db).resolve(args.platform_run_id, args.run_id, args.flow_id)
+    _print_json(answer)
+    return 0 if answer.get("readiness") == "READY" else 1
+
+
+def cmd_context_frame(args: argparse.Namespace) -> int:
+    from online.context_store import ContextReader
+    from runtime.app import App
+
+    answer = ContextReader(App().db).fetch_frame(args.platform_run_id, args.run_id, args.merchant_id,
+                                                 args.arrival_seq)
+    _print_json(answer)
+    return 0 if answer.get("readiness") == "READY" else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from runtime.demo import run_demo
 
@@ -226,6 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("health", help="GREEN/AMBER/RED per component, counters and lag (JSON)")
     p.set_defaults(handler=cmd_health)
+
+    p = sub.add_parser("context", help="join-plane reads (context store)")
+    ctx = p.add_subparsers(dest="context_command", required=True, metavar="SUBCOMMAND")
+    q = ctx.add_parser("resolve", help="resolve a flow_id to its join frame; JSON answer, exit 1 when not READY")
+    q.add_argument("--run-id", required=True)
+    q.add_argument("--platform-run-id", required=True)
+    q.add_argument("--flow-id", required=True)
+    q.set_defaults(handler=cmd_context_resolve)
+    q = ctx.add_parser("frame", help="fetch a join frame by key; JSON answer, exit 1 when not READY")
+    q.add_argument("--run-id", required=True)
+    q.add_argument("--platform-run-id", required=True)
+    q.add_argument("--merchant-id", required=True)
+    q.add_argument("--arrival-seq", type=int, required=True)
+    q.set_defaults(handler=cmd_context_frame)
 
     p = sub.add_parser("ofs", help="offline feature store jobs")
     ofs = p.add_subparsers(dest="ofs_command", required=True, metavar="SUBCOMMAND")

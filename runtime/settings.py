@@ -96,6 +96,8 @@ class HealthThresholds:
     failure_rate_red: float = 0.01
     stale_rate_amber: float = 0.5
     stale_rate_red: float = 0.9
+    join_miss_rate_amber: float = 0.05
+    join_miss_rate_red: float = 0.2
 
 
 @dataclass(frozen=True)
