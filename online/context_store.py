@@ -10,7 +10,8 @@ stream) commits its mutations, anomalies, failures, counters and checkpoint toge
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -262,6 +263,25 @@ class ContextReader:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._conn: psycopg.Connection | None = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection]:
+        """One long-lived connection (reads are many and small); reconnects after a failure."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = self.db.connect()
+            self._conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # one consistent read
+        try:
+            with self._conn.transaction():
+                yield self._conn
+        except psycopg.OperationalError:
+            self._conn.close()
+            self._conn = None
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
     def resolve(self, platform_run_id: str, run_id: str, flow_id: str) -> dict[str, Any]:
         try:
@@ -270,8 +290,7 @@ class ContextReader:
                 raise InvalidContextRequest("INVALID_REQUEST", "flow_id is 1-128 chars of [A-Za-z0-9._:-]")
         except InvalidContextRequest as exc:
             return _error(exc)
-        with self.db.transaction() as conn:
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        with self._transaction() as conn:
             binding = conn.execute(
                 """SELECT merchant_id, arrival_seq, scenario_id, manifest_fingerprint, parameter_hash, anchor_ref
                      FROM flow_bindings WHERE platform_run_id = %s AND run_id = %s AND flow_id = %s""",
@@ -320,7 +339,7 @@ class ContextReader:
                 raise InvalidContextRequest("INVALID_REQUEST", "merchant_id is e_merchant_<id>, arrival_seq >= 0")
         except InvalidContextRequest as exc:
             return _error(exc)
-        with self.db.transaction() as conn:
+        with self._transaction() as conn:
             frame = self._frame(conn, platform_run_id, run_id, merchant_id, arrival_seq)
         return {"kind": "join_frame_answer", "contract_version": CONTRACT_VERSION, **frame,
                 "readiness": "READY" if not frame["reason_codes"] else "NOT_READY"}
