@@ -1,0 +1,1 @@
+"""Offline feature plane: build intents, run ledger, archive replay, datasets + manifests, parity."""
