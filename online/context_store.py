@@ -21,10 +21,11 @@ from online.bus.base import EventBus
 from online.checkpoints import Lease, advance, bump_counters, drain, record_failures, watermarks
 from online.ofp_worker import worker_identity
 from pipelines.canonical import sha256_ref
+from pipelines.events import decode_event
 from pipelines.timefmt import parse_rfc3339
 from runtime.errors import RejectedEvent, TerminalError
 from runtime.postgres import Database
-from schemas.envelope import EVENT_ID, PIN_FIELDS, is_entity_id, is_pin, normalize_event
+from schemas.envelope import EVENT_ID, PIN_FIELDS, is_entity_id, is_pin
 from schemas.streams import ARRIVAL_ENTITIES, ARRIVAL_EVENTS, CONTEXT_STREAMS, FLOW_ANCHOR
 
 CONSUMER = "context"
@@ -68,12 +69,7 @@ def _decode(stream: str, records: Iterable[tuple[int, int, bytes]]) -> tuple[lis
     expected = EVENT_TYPE[stream]
     for partition, offset, value in records:
         try:
-            event = normalize_event(json.loads(value))
-            if event["event_type"] != expected:
-                raise RejectedEvent("WRONG_EVENT_TYPE", f"{event['event_type']} on {stream}")
-        except (ValueError, RecursionError):
-            failures.append((partition, offset, None, "MALFORMED_RECORD", "record is not JSON"))
-            continue
+            event = decode_event(value, expected)
         except RejectedEvent as exc:
             failures.append((partition, offset, None, exc.reason_code, exc.message))
             continue

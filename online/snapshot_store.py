@@ -17,7 +17,7 @@ import pyarrow as pa
 from lake.delta import DeltaLake
 from lake.object_store import ObjectStore
 from pipelines.timefmt import parse_rfc3339
-from runtime.errors import TerminalError
+from runtime.errors import TerminalError, TransientError
 from runtime.postgres import Database
 
 HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -68,6 +68,14 @@ def _lake_rows(rows: list[tuple[str, dict[str, Any], str, str]]) -> pa.Table:
     return pa.table(out)
 
 
+def _count(conn: psycopg.Connection, name: str, value: int) -> None:
+    conn.execute(
+        """INSERT INTO serve_counters (name, value) VALUES (%s, %s)
+           ON CONFLICT (name) DO UPDATE SET value = serve_counters.value + EXCLUDED.value""",
+        (name, value),
+    )
+
+
 def flush_outbox(db: Database, store: ObjectStore, lake: DeltaLake, *, batch: int = 500) -> int:
     """Persist pending outbox rows: object store, snapshot lake, Postgres index; returns how many.
 
@@ -90,13 +98,19 @@ def flush_outbox(db: Database, store: ObjectStore, lake: DeltaLake, *, batch: in
                         "AND flushed_at IS NULL ORDER BY snapshot_hash", (batch_id,),
                     ).fetchall()
                 rows = []
-                for digest, text in pending:
-                    response = json.loads(text)
-                    ref = store.put(object_key(response["snapshot"]["context_pins"], digest), text.encode())
-                    rows.append((digest, response, text, ref))
-                marker = lake.marker(SNAPSHOT_LAKE, BATCH_MARKER)
-                if rows and (marker is None or int(marker[1]) < batch_id):
-                    lake.append(SNAPSHOT_LAKE, _lake_rows(rows), marker=batch_id, marker_key=BATCH_MARKER)
+                try:
+                    for digest, text in pending:
+                        response = json.loads(text)
+                        ref = store.put(object_key(response["snapshot"]["context_pins"], digest), text.encode())
+                        rows.append((digest, response, text, ref))
+                    marker = lake.marker(SNAPSHOT_LAKE, BATCH_MARKER)
+                    if rows and (marker is None or int(marker[1]) < batch_id):
+                        lake.append(SNAPSHOT_LAKE, _lake_rows(rows), marker=batch_id, marker_key=BATCH_MARKER)
+                except Exception as exc:  # the outbox keeps the batch; it is retried on the next flush
+                    with db.transaction() as conn:
+                        _count(conn, "snapshot_failures", len(pending))
+                    raise TransientError("SNAPSHOT_FLUSH_FAILED",
+                                         f"batch {batch_id} stays in the outbox ({type(exc).__name__})") from None
                 with db.transaction() as conn:
                     conn.cursor().executemany(
                         """INSERT INTO snapshot_index (snapshot_hash, scenario_id, run_id, manifest_fingerprint,
@@ -111,11 +125,7 @@ def flush_outbox(db: Database, store: ObjectStore, lake: DeltaLake, *, batch: in
                     )
                     conn.execute("UPDATE snapshot_outbox SET flushed_at = now() WHERE flush_batch = %s",
                                   (batch_id,))
-                    conn.execute(
-                        """INSERT INTO serve_counters (name, value) VALUES ('snapshots_persisted', %s)
-                           ON CONFLICT (name) DO UPDATE SET value = serve_counters.value + EXCLUDED.value""",
-                        (len(rows),),
-                    )
+                    _count(conn, "snapshots_persisted", len(rows))
                 flushed += len(rows)
         finally:
             lock_conn.execute("SELECT pg_advisory_unlock(%s, %s)", FLUSH_LOCK)

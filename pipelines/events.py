@@ -24,6 +24,17 @@ class ApplyFailure:
     detail: str
 
 
+def decode_event(value: bytes, event_type: str) -> dict[str, Any]:
+    """One bus record -> its normalised envelope, or `RejectedEvent` (the reason both planes ledger)."""
+    try:
+        event = normalize_event(json.loads(value))
+    except (ValueError, RecursionError):
+        raise RejectedEvent("MALFORMED_RECORD", "record is not JSON") from None
+    if event["event_type"] != event_type:
+        raise RejectedEvent("WRONG_EVENT_TYPE", f"{event['event_type']} where {event_type} was expected")
+    return event
+
+
 def _decode(records: Iterable[tuple[int, int, bytes]], event_type: str, schema: dict[str, pl.DataType],
             model: type, flatten: Callable[[dict[str, Any]], tuple]) -> tuple[pl.DataFrame, list[ApplyFailure]]:
     """Parse, normalise and contract-check records of one event type; the rest become failures."""
@@ -31,12 +42,7 @@ def _decode(records: Iterable[tuple[int, int, bytes]], event_type: str, schema: 
     failures: list[ApplyFailure] = []
     for partition, offset, value in records:
         try:
-            event = normalize_event(json.loads(value))
-            if event["event_type"] != event_type:
-                raise RejectedEvent("WRONG_EVENT_TYPE", f"{event['event_type']} where {event_type} was expected")
-        except (ValueError, RecursionError):
-            failures.append(ApplyFailure(partition, offset, None, "MALFORMED_RECORD", "record is not JSON"))
-            continue
+            event = decode_event(value, event_type)
         except RejectedEvent as exc:
             failures.append(ApplyFailure(partition, offset, None, exc.reason_code, exc.message))
             continue

@@ -48,7 +48,8 @@ def run_demo(*, transactions: int = 2000, seed: int = 7, requests: int = 200) ->
         work = run_workers(app, until_idle=True)
     ofp = work["ofp"]
     console.print(f"2. workers: applied [bold]{ofp['applied']}[/] transactions, {ofp['duplicates']} duplicates "
-                  f"ignored, {ofp['failures']} apply failures; archived {work['archive']['records']} records "
+                  f"ignored, {ofp['failures']} apply failures; context plane applied {work['context']['applied']} "
+                  f"({work['context']['anomalies']} anomalies); archived {work['archive']['records']} records "
                   f"in {work['archive']['commits']} Delta commits")
 
     plan = SimulationPlan(seed=seed, transactions=transactions)
@@ -66,6 +67,19 @@ def run_demo(*, transactions: int = 2000, seed: int = 7, requests: int = 200) ->
         first = ok[0]
         console.print(f"   e.g. {first['snapshot']['feature_snapshot_hash']} at "
                       f"{first['snapshot']['as_of_time_utc']}, basis {first['provenance']['input_basis']}")
+
+    from online.context_store import ContextReader
+
+    reader = ContextReader(app.db)
+    answers = [reader.resolve(plan.run_id(), plan.pins()["run_id"], f"flow_{seed}_{n:09d}")
+               for n in range(1, transactions + 1, max(1, transactions // 100))]
+    answers.append(reader.resolve(plan.run_id(), plan.pins()["run_id"], "flow_never_seen"))
+    reader.close()
+    ready = sum(a["readiness"] == "READY" for a in answers)
+    reasons = sorted({code for a in answers for code in a.get("reason_codes", [])})
+    console.print(f"3b. context: {ready}/{len(answers)} flows resolved READY to their join frame "
+                  f"(reason codes seen: {reasons or 'none'})")
+    figures["context_ready"] = f"{ready}/{len(answers)}"
 
     basis = ok[0]["provenance"]["input_basis"] if ok else None
     manifest = None

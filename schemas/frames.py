@@ -10,8 +10,8 @@ from schemas.envelope import ENTITY_ID, EVENT_ID, PIN
 CHANNEL_VALUES = ["card_present", "ecom", "mobile"]
 
 
-class TransactionFrame(pa.DataFrameModel):
-    """One row per transaction_event, flattened, with its bus position."""
+class PositionedEventFrame(pa.DataFrameModel):
+    """The columns every flattened event frame starts with: bus position, identity, flow and pins."""
 
     partition: int = pa.Field(ge=0)
     offset: int = pa.Field(ge=0)
@@ -22,6 +22,11 @@ class TransactionFrame(pa.DataFrameModel):
     run_id: str = pa.Field(str_matches=PIN.pattern)
     manifest_fingerprint: str = pa.Field(str_matches=PIN.pattern)
     parameter_hash: str = pa.Field(str_matches=PIN.pattern)
+
+
+class TransactionFrame(PositionedEventFrame):
+    """One row per transaction_event, flattened, with its bus position."""
+
     ts_us: int
     account_id: str = pa.Field(str_matches=ENTITY_ID["account"].pattern)
     card_id: str = pa.Field(str_matches=ENTITY_ID["card"].pattern)
@@ -45,18 +50,9 @@ TRANSACTION_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-class LabelFrame(pa.DataFrameModel):
+class LabelFrame(PositionedEventFrame):
     """One row per label_assertion, flattened, with its bus position."""
 
-    partition: int = pa.Field(ge=0)
-    offset: int = pa.Field(ge=0)
-    platform_run_id: str = pa.Field(str_matches=PIN.pattern)
-    event_id: str = pa.Field(str_matches=EVENT_ID.pattern)
-    flow_id: str = pa.Field(str_matches=EVENT_ID.pattern)
-    scenario_id: str = pa.Field(str_matches=PIN.pattern)
-    run_id: str = pa.Field(str_matches=PIN.pattern)
-    manifest_fingerprint: str = pa.Field(str_matches=PIN.pattern)
-    parameter_hash: str = pa.Field(str_matches=PIN.pattern)
     label: str = pa.Field(isin=["fraud", "legit"])
     effective_us: int
     observed_us: int

@@ -39,3 +39,36 @@ def request(keys: list[tuple[str, str]], groups: list[tuple[str, str]], as_of_us
         "feature_keys": [{"key_type": t, "key_id": f"e_{t}_{i}"} for t, i in keys],
         "feature_groups": [{"group_name": n, "group_version": v} for n, v in groups],
     }
+
+
+def serve(app: Any, req: dict[str, Any]) -> dict[str, Any]:
+    """One get_features call on a fresh in-process server."""
+    from online.serving import FeatureServer
+
+    server = FeatureServer(app.db, app.bus, app.registry)
+    try:
+        return server.get_features(req)
+    finally:
+        server.close()
+
+
+def kill_9_repeatedly(app: Any, fp_home: Any, script: str, delays: tuple[float, ...], *, wait_lines: int = 1) -> None:
+    """Run `script` (Python, on the app's database and FP_HOME) once per delay: wait until it has
+    printed `wait_lines` lines, let it work for the delay, then SIGKILL it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "FP_PG_DSN": app.db.dsn.reveal(), "FP_HOME": str(fp_home), "PYTHONPATH": str(root)}
+    for delay in delays:
+        proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, cwd=root)
+        assert proc.stdout is not None
+        for _ in range(wait_lines):
+            proc.stdout.readline()
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()

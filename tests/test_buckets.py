@@ -13,12 +13,11 @@ from config import default_registry
 from online.admission import Publisher
 from online.ofp_state import OfpStateReader
 from online.ofp_worker import OfpWorker
-from online.serving import FeatureServer
 from pipelines.buckets import bucket_partials, point_features_bucketed, raw_intervals
 from pipelines.features import AS_OF, KEY, TS, contributions, point_features
 from schemas.streams import TRAFFIC
 from tests import reference
-from tests.helpers import T0, S, lines, request, txn
+from tests.helpers import T0, S, lines, request, serve, txn
 
 H = 3600 * S
 REGISTRY = default_registry()
@@ -64,12 +63,6 @@ def test_bucketed_evaluation_equals_the_definition(seed, width_hours, n):
             assert point_features_bucketed(raw, buckets, query, group, width).equals(expected), group.ref
 
 
-def _serve(app, req):
-    server = FeatureServer(app.db, app.bus, app.registry)
-    try:
-        return server.get_features(req)
-    finally:
-        server.close()
 
 
 def test_hot_merchant_served_exactly_without_reading_its_window(app, monkeypatch):
@@ -93,7 +86,7 @@ def test_hot_merchant_served_exactly_without_reading_its_window(app, monkeypatch
     monkeypatch.setattr(OfpStateReader, "contribution_frame", staticmethod(counting))
     flat = [reference.flatten(e) for e in events]
     for as_of in (T0 + 7 * 24 * 3600 * S, T0 + 5 * 24 * 3600 * S + 1, T0 + 36 * 3600 * S - 1):
-        response = _serve(app, request([("merchant", "hot")], [("merchant_activity", "1.0")], as_of))
+        response = serve(app, request([("merchant", "hot")], [("merchant_activity", "1.0")], as_of))
         expected, _ = reference.features(flat, "merchant_activity@1.0", "e_merchant_hot", as_of)
         assert response["snapshot"]["by_key"][0]["by_group"][0]["features"] == expected
     assert read_rows and max(read_rows) < 600  # of up to 6000 in the 7-day window

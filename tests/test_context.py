@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +15,7 @@ from runtime.simulation_job import run_simulation
 from runtime.workers import run_workers
 from schemas.streams import ARRIVAL_ENTITIES, ARRIVAL_EVENTS, CONTEXT_STREAMS, FLOW_ANCHOR
 from tests.conftest import fresh_database
-from tests.helpers import PINS, T0
+from tests.helpers import PINS, T0, kill_9_repeatedly
 
 RUN = "prun_t"
 
@@ -170,17 +164,10 @@ def test_simulated_run_replays_identically_and_survives_kill_9(app, fp_home, pg_
     run_simulation(transactions=800, seed=4, out=None, publish=True, duplicates=0.05, disorder=0.3, progress=False,
                    app=app)
     app.bus.append(ARRIVAL_EVENTS, [("x", b"not json")])
-    root = Path(__file__).resolve().parent.parent
     script = ("from runtime.app import App\nfrom online.context_store import ContextWorker\napp = App()\n"
               "w = ContextWorker(app.db, app.bus, batch_size=23, owner='crashy')\nprint('ready', flush=True)\n"
               "while True:\n    w.run_until_idle()\n")
-    env = {**os.environ, "FP_PG_DSN": app.db.dsn.reveal(), "FP_HOME": str(fp_home), "PYTHONPATH": str(root)}
-    for delay in (0.4, 1.0):
-        proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, cwd=root)
-        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-        time.sleep(delay)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_9_repeatedly(app, fp_home, script, (0.4, 1.0))
     ContextWorker(app.db, app.bus, owner="crashy").run_until_idle()
     total = sum(sum((app.bus.end_offsets(s) or {}).values()) for s in CONTEXT_STREAMS)
     with app.db.transaction() as conn:

@@ -36,6 +36,19 @@ def test_schemas_are_valid_json_schema():
     lambda e: e["context_pins"].update(run_id=".."),
     lambda e: e.update(ts_utc="2026-01-03 12:00"),
     lambda e: e.update(extra=1),
+    lambda e: e["payload"].update(card_id="4111111111111111"),
+    lambda e: e["payload"].update(amount_minor=-5),
+    lambda e: e["payload"].update(channel="atm"),
+    lambda e: e["payload"].update(device_id=None),
+    lambda e: e["payload"].pop("currency"),
+    lambda e: e["payload"].update(unknown_field="kept"),
+    lambda e: e.update(event_type="flow_anchor"),
+    lambda e: e.update(event_type="arrival_event"),
+    lambda e: e.update(event_type="label_assertion", payload={
+        "flow_id": "f1", "label": "fraud", "effective_time": "2026-01-01T00:00:00Z",
+        "observed_time": e["ts_utc"]}),
+    lambda e: e.update(event_type="label_assertion", payload={"flow_id": "f1", "label": "maybe",
+                                                              "effective_time": "x", "observed_time": e["ts_utc"]}),
 ])
 def test_envelope_schema_agrees_with_validator(mutate):
     event = copy.deepcopy(txn(1, T0))

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -21,7 +16,7 @@ from runtime.settings import AwsCredentials, S3ObjectStore
 from runtime.simulation_job import run_simulation
 from runtime.workers import run_workers
 from schemas.streams import STREAMS, TRAFFIC
-from tests.helpers import T0, S, lines, txn
+from tests.helpers import T0, S, kill_9_repeatedly, lines, txn
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,15 +106,7 @@ def test_kill_9_during_archiving_then_restart_archives_each_record_once(app, fp_
         "w.on_progress = lambda s, n: print('c', flush=True)\n"
         "while True:\n    w.archive_all(list(STREAMS))\n"
     )
-    env = {**os.environ, "FP_PG_DSN": app.db.dsn.reveal(), "FP_HOME": str(fp_home), "PYTHONPATH": str(ROOT)}
-    for delay in (0.0, 0.4, 0.9):
-        proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, cwd=ROOT)
-        assert proc.stdout is not None
-        for _ in range(3):
-            proc.stdout.readline()  # at least a few commits landed
-        time.sleep(delay)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_9_repeatedly(app, fp_home, script, (0.0, 0.4, 0.9), wait_lines=3)  # a few commits landed first
     ArchiveWriter(app.db, app.bus, app.lake).archive_all(list(STREAMS))
     for stream in STREAMS:
         seen = _positions(app.lake, stream)

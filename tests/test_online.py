@@ -15,7 +15,7 @@ from online.snapshot_store import flush_outbox, get_snapshot
 from pipelines.snapshot import snapshot_hash
 from schemas.streams import TRAFFIC
 from tests import reference
-from tests.helpers import PINS, T0, S, lines, request, txn
+from tests.helpers import PINS, T0, S, kill_9_repeatedly, lines, request, serve, txn
 
 ALL_GROUPS = [("txn_velocity", "1.0"), ("txn_velocity", "2.0"), ("card_velocity", "1.0"),
               ("merchant_activity", "1.0"), ("device_reuse", "1.0"), ("customer_spend", "1.0")]
@@ -27,12 +27,6 @@ def publish_and_apply(app, events, batch_size=5000):
     OfpWorker(app.db, app.bus, app.registry, batch_size=batch_size).run_until_idle()
 
 
-def serve(app, req):
-    server = FeatureServer(app.db, app.bus, app.registry)
-    try:
-        return server.get_features(req)
-    finally:
-        server.close()
 
 
 def test_dod1_and_dod2_invalid_requests(app):
@@ -235,14 +229,6 @@ def test_bad_record_goes_to_the_failure_ledger_and_the_worker_continues(app):
 
 
 def test_kill_9_during_apply_then_restart_counts_every_event_exactly_once(app, fp_home):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
     events = [txn(i, T0 + i * S, account=f"a{i % 13}", device=None if i % 5 == 0 else f"d{i % 7}")
               for i in range(3000)]
     Publisher(app.db, app.bus).publish(TRAFFIC, lines(events), "test")
@@ -256,13 +242,7 @@ def test_kill_9_during_apply_then_restart_counts_every_event_exactly_once(app, f
         "print('ready', flush=True)\n"
         "while True:\n    w.run_until_idle()\n"
     )
-    env = {**os.environ, "FP_PG_DSN": app.db.dsn.reveal(), "FP_HOME": str(fp_home), "PYTHONPATH": str(root)}
-    for delay in (0.3, 0.8, 1.5):
-        proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, cwd=root)
-        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-        time.sleep(delay)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_9_repeatedly(app, fp_home, script, (0.3, 0.8, 1.5))
     # the restarted worker has the same identity, so it re-claims the partitions at once
     OfpWorker(app.db, app.bus, app.registry, owner="crashy",
               bucketed={("merchant_activity", "1.0"): 3600_000_000}).run_until_idle()
@@ -281,3 +261,23 @@ def test_kill_9_during_apply_then_restart_counts_every_event_exactly_once(app, f
             label = f"{group['group']['group_name']}@{group['group']['group_version']}"
             expected, _ = reference.features(flat, label, entry["feature_key"]["key_id"], as_of)
             assert group["features"] == expected, label
+
+
+def test_a_failed_flush_is_counted_and_the_snapshot_stays_in_the_outbox(app, monkeypatch):
+    import pytest
+
+    from runtime.errors import TransientError
+
+    publish_and_apply(app, [txn(1, T0)])
+    response = serve(app, request([("account", "a1")], [("txn_velocity", "1.0")], T0 + S))
+    original = app.store.put
+    monkeypatch.setattr(app.store, "put", lambda key, data: (_ for _ in ()).throw(OSError("store down")))
+    with pytest.raises(TransientError):
+        flush_outbox(app.db, app.store, app.lake)
+    with app.db.transaction() as conn:
+        failures = conn.execute("SELECT value FROM serve_counters WHERE name = 'snapshot_failures'").fetchone()[0]
+    assert failures == 1
+    monkeypatch.setattr(app.store, "put", original)
+    assert flush_outbox(app.db, app.store, app.lake) == 1
+    digest = response["snapshot"]["feature_snapshot_hash"]
+    assert get_snapshot(app.db, app.store, digest) == json.loads(json.dumps(response))
