@@ -160,10 +160,14 @@ class OfpStateReader:
         columns = ", ".join(f'"{c}"' for c in contribution_schema(group))
         cur = conn.cursor(binary=True)
         cur.execute(
-            f"""SELECT {columns} FROM ofp_contributions c
-                  JOIN unnest(%s::bigint[], %s::bigint[]) AS s(lo, hi) ON c.ts_us > s.lo AND c.ts_us <= s.hi
-                 WHERE scope_id = %s AND group_id = %s AND key_id = ANY(%s)""",
-            ([lo for lo, _ in spans], [hi for _, hi in spans], scope_id, self.group_ids[group.ref], key_ids),
+            # LATERAL: one index range scan per (key, span), never the key's whole history
+            f"""SELECT {columns} FROM unnest(%s::text[]) AS k(key)
+                 CROSS JOIN unnest(%s::bigint[], %s::bigint[]) AS s(lo, hi)
+                 CROSS JOIN LATERAL (
+                     SELECT * FROM ofp_contributions c
+                      WHERE c.scope_id = %s AND c.group_id = %s AND c.key_id = k.key
+                        AND c.ts_us > s.lo AND c.ts_us <= s.hi) AS c""",
+            (key_ids, [lo for lo, _ in spans], [hi for _, hi in spans], scope_id, self.group_ids[group.ref]),
         )
         return cur
 

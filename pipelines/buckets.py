@@ -16,7 +16,16 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from pipelines.features import AS_OF, KEY, LAST_UPDATE, TS, aggregate_expr, derived_expr, window_mask
+from pipelines.features import (
+    AS_OF,
+    KEY,
+    LAST_UPDATE,
+    TS,
+    aggregate_expr,
+    contribution_schema,
+    derived_expr,
+    window_mask,
+)
 from pipelines.registry import FeatureDef, GroupDef, Where
 
 BUCKET = "bucket"
@@ -175,7 +184,8 @@ def point_features_bucketed(raw: pl.DataFrame, buckets: pl.DataFrame, queries: p
     else:
         raw_aggs.append(pl.col(TS).filter(window_mask(lookback).fill_null(False)).max().alias(LAST_UPDATE))
         combine.append(pl.col(LAST_UPDATE))
-    raw_part = queries.lazy().join(raw.lazy(), on=KEY, how="left").group_by(KEY, AS_OF).agg(raw_aggs)
+    typed_raw = raw.lazy().select([pl.col(c).cast(t) for c, t in contribution_schema(group).items()])
+    raw_part = queries.lazy().join(typed_raw, on=KEY, how="left").group_by(KEY, AS_OF).agg(raw_aggs)
     schema = {KEY: pl.String(), BUCKET: pl.Int64(), **{c: pl.Int64() for c in index.values()}}
     bucket_frame = buckets.select([pl.col(c).cast(t) for c, t in schema.items()])
     bucket_part = queries.lazy().join(bucket_frame.lazy(), on=KEY, how="left").group_by(KEY, AS_OF).agg(bucket_aggs)
