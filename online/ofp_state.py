@@ -160,13 +160,14 @@ class OfpStateReader:
         columns = ", ".join(f'"{c}"' for c in contribution_schema(group))
         cur = conn.cursor(binary=True)
         cur.execute(
-            # LATERAL: one index range scan per (key, span), never the key's whole history
+            # one index range scan per (key, span), never the key's whole history: OFFSET 0 keeps the
+            # planner from flattening the LATERAL subquery into a join filtered after the scan
             f"""SELECT {columns} FROM unnest(%s::text[]) AS k(key)
                  CROSS JOIN unnest(%s::bigint[], %s::bigint[]) AS s(lo, hi)
                  CROSS JOIN LATERAL (
                      SELECT * FROM ofp_contributions c
                       WHERE c.scope_id = %s AND c.group_id = %s AND c.key_id = k.key
-                        AND c.ts_us > s.lo AND c.ts_us <= s.hi) AS c""",
+                        AND c.ts_us > s.lo AND c.ts_us <= s.hi OFFSET 0) AS c""",
             (key_ids, [lo for lo, _ in spans], [hi for _, hi in spans], scope_id, self.group_ids[group.ref]),
         )
         return cur

@@ -40,6 +40,9 @@ class FeatureServer:
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
             self._conn = self.db.connect(autocommit=True)  # transactions are explicit below
+            # no server-side prepared statements: a generic plan cannot see which key or time span
+            # is asked for and may scan a hot key's whole history; a custom plan per call is cheap
+            self._conn.prepare_threshold = None
             self._reader = OfpStateReader(register_groups(self._conn, self.registry))
         return self._conn
 
