@@ -75,15 +75,9 @@ class ArchiveWriter:
     def archive_stream(self, stream: str, stats: ArchiveStats | None = None) -> ArchiveStats:
         """Archive everything visible on `stream` now; a no-op if another writer holds the stream."""
         stats = stats or ArchiveStats()
-        with self.db.connect(autocommit=True) as lock_conn:
-            held = lock_conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
-                                     (LOCK_NAMESPACE, stream)).fetchone()
-            if not held or not held[0]:
-                return stats
-            try:
+        with self.db.try_advisory_lock(LOCK_NAMESPACE, stream) as held:
+            if held:
                 self._drain(stream, stats)
-            finally:
-                lock_conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (LOCK_NAMESPACE, stream))
         return stats
 
     def _drain(self, stream: str, stats: ArchiveStats) -> None:

@@ -45,39 +45,33 @@ SOURCES = (
 
 def export_source(db: Database, lake: DeltaLake, source: AuditSource, batch: int = 20_000) -> int:
     exported = 0
-    with db.connect(autocommit=True) as lock_conn:
-        held = lock_conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
-                                 (LOCK_CLASS, source.table)).fetchone()
-        if not held or not held[0]:
-            return 0
-        try:
-            while True:
-                found = lake.marker(source.lake_table, MARKER)
-                done = -1 if found is None else int(found[1])
-                with db.transaction() as conn:
-                    row = conn.execute(f"SELECT min(export_batch) FROM {source.table} WHERE export_batch > %s",
-                                       (done,)).fetchone()
-                    batch_id = row[0] if row else None
-                    if batch_id is None:
-                        batch_id = conn.execute("SELECT nextval('audit_export_batch_seq')").fetchone()[0]  # type: ignore[index]
-                        stamped = conn.execute(
-                            f"""UPDATE {source.table} SET export_batch = %s WHERE ctid IN (
-                                    SELECT ctid FROM {source.table} WHERE export_batch IS NULL
-                                     ORDER BY {source.order} LIMIT %s)""",
-                            (batch_id, batch),
-                        ).rowcount
-                        if not stamped:
-                            return exported
-                    cur = conn.execute(
-                        f"SELECT {', '.join(source.columns)} FROM {source.table} WHERE export_batch = %s "
-                        f"ORDER BY {source.order}", (batch_id,))
-                    rows = cur.fetchall()
-                table = pa.table({f.name: [r[i] for r in rows] for i, f in enumerate(source.schema)},
-                                 schema=source.schema)
-                lake.append(source.lake_table, table, marker=int(batch_id), marker_key=MARKER)
-                exported += len(rows)
-        finally:
-            lock_conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (LOCK_CLASS, source.table))
+    with db.try_advisory_lock(LOCK_CLASS, source.table) as held:
+        while held:
+            found = lake.marker(source.lake_table, MARKER)
+            done = -1 if found is None else int(found[1])
+            with db.transaction() as conn:
+                row = conn.execute(f"SELECT min(export_batch) FROM {source.table} WHERE export_batch > %s",
+                                   (done,)).fetchone()
+                batch_id = row[0] if row else None
+                if batch_id is None:
+                    batch_id = conn.execute("SELECT nextval('audit_export_batch_seq')").fetchone()[0]  # type: ignore[index]
+                    stamped = conn.execute(
+                        f"""UPDATE {source.table} SET export_batch = %s WHERE ctid IN (
+                                SELECT ctid FROM {source.table} WHERE export_batch IS NULL
+                                 ORDER BY {source.order} LIMIT %s)""",
+                        (batch_id, batch),
+                    ).rowcount
+                    if not stamped:
+                        break
+                cur = conn.execute(
+                    f"SELECT {', '.join(source.columns)} FROM {source.table} WHERE export_batch = %s "
+                    f"ORDER BY {source.order}", (batch_id,))
+                rows = cur.fetchall()
+            table = pa.table({f.name: [r[i] for r in rows] for i, f in enumerate(source.schema)},
+                             schema=source.schema)
+            lake.append(source.lake_table, table, marker=int(batch_id), marker_key=MARKER)
+            exported += len(rows)
+    return exported
 
 
 def export_audit(db: Database, lake: DeltaLake) -> dict[str, int]:

@@ -79,13 +79,18 @@ def release(conn: psycopg.Connection, lease: Lease) -> None:
     )
 
 
+WATERMARKS_SQL = "SELECT partition, next_offset FROM consumer_checkpoints WHERE consumer = %s AND stream = %s"
+
+
+def basis_from_rows(rows: list[tuple[int, int]], partitions: list[int]) -> dict[int, int]:
+    """(partition, next_offset) rows -> the applied basis over `partitions` (0 where nothing was applied)."""
+    found = dict(rows)
+    return {p: int(found.get(p, 0)) for p in partitions}
+
+
 def watermarks(conn: psycopg.Connection, consumer: str, stream: str, partitions: list[int]) -> dict[int, int]:
     """The applied basis: exclusive-next offset per partition (0 where nothing was applied)."""
-    found = dict(conn.execute(
-        "SELECT partition, next_offset FROM consumer_checkpoints WHERE consumer = %s AND stream = %s",
-        (consumer, stream),
-    ).fetchall())
-    return {p: int(found.get(p, 0)) for p in partitions}
+    return basis_from_rows(conn.execute(WATERMARKS_SQL, (consumer, stream)).fetchall(), partitions)
 
 
 def record_failures(conn: psycopg.Connection, consumer: str, stream: str,

@@ -192,8 +192,3 @@ class OfpStateReader:
         return pl.DataFrame([(k, b, *p) for k, b, p in cur.fetchall()],
                             schema={KEY: pl.String(), BUCKET: pl.Int64(), **dict.fromkeys(columns, pl.Int64())},
                             orient="row")
-
-    def contributions_in(self, conn: psycopg.Connection, scope_id: int, group: GroupDef, key_ids: list[str],
-                         spans: list[tuple[int, int]]) -> pl.DataFrame:
-        """The group's contributions for these keys with ts in any of the (lo, hi] spans."""
-        return self.contribution_frame(self.start_contributions(conn, scope_id, group, key_ids, spans), group)

@@ -14,6 +14,7 @@ import polars as pl
 import psycopg
 
 from online.bus.base import EventBus
+from online.checkpoints import WATERMARKS_SQL, basis_from_rows
 from online.ofp_state import CONSUMER, OfpStateReader, bucket_specs, register_groups
 from pipelines.buckets import bucket_range, point_features_bucketed, raw_intervals
 from pipelines.features import AS_OF, KEY, point_features
@@ -83,9 +84,7 @@ class FeatureServer:
             as_of = request.as_of_us
             pending = []
             with conn.pipeline():  # one round trip for the basis and every group's inputs
-                basis_cur = conn.execute(
-                    "SELECT partition, next_offset FROM consumer_checkpoints WHERE consumer = %s AND stream = %s",
-                    (CONSUMER, TRAFFIC))
+                basis_cur = conn.execute(WATERMARKS_SQL, (CONSUMER, TRAFFIC))
                 for group in request.groups:
                     key_ids = [key_id for key_type, key_id in request.keys if key_type == group.key_type]
                     width = self._widths.get(reader.group_ids[group.ref])
@@ -98,8 +97,7 @@ class FeatureServer:
                                                           *bucket_range(group, as_of, width))
                     raw_cur = reader.start_contributions(conn, scope_id, group, key_ids, spans)
                     pending.append((group, key_ids, width, raw_cur, bucket_cur))
-            found = dict(basis_cur.fetchall())
-            basis = input_basis(TRAFFIC, {p: int(found.get(p, 0)) for p in self.partitions})
+            basis = input_basis(TRAFFIC, basis_from_rows(basis_cur.fetchall(), self.partitions))
             lazy = []
             for group, key_ids, width, raw_cur, bucket_cur in pending:
                 queries = pl.DataFrame({KEY: key_ids, AS_OF: [as_of] * len(key_ids)},

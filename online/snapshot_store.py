@@ -29,7 +29,7 @@ def object_key(pins: dict[str, str], digest: str) -> str:
 
 SNAPSHOT_LAKE = "snapshots"
 BATCH_MARKER = "fp.snapshot_flush_batch"
-FLUSH_LOCK = (7_302, 0)
+FLUSH_LOCK = (7_302, "snapshot_outbox")
 
 
 def _next_batch(conn: psycopg.Connection, size: int) -> int | None:
@@ -83,52 +83,47 @@ def flush_outbox(db: Database, store: ObjectStore, lake: DeltaLake, *, batch: in
     commit carries the batch number, so a batch redone after a crash is not appended twice.
     """
     flushed = 0
-    with db.connect(autocommit=True) as lock_conn:
-        held = lock_conn.execute("SELECT pg_try_advisory_lock(%s, %s)", FLUSH_LOCK).fetchone()
-        if not held or not held[0]:
-            return 0
-        try:
-            while True:
+    with db.try_advisory_lock(*FLUSH_LOCK) as held:
+        while held:
+            with db.transaction() as conn:
+                batch_id = _next_batch(conn, batch)
+                if batch_id is None:
+                    break
+                pending = conn.execute(
+                    "SELECT snapshot_hash, response FROM snapshot_outbox WHERE flush_batch = %s "
+                    "AND flushed_at IS NULL ORDER BY snapshot_hash", (batch_id,),
+                ).fetchall()
+            rows = []
+            try:
+                for digest, text in pending:
+                    response = json.loads(text)
+                    ref = store.put(object_key(response["snapshot"]["context_pins"], digest), text.encode())
+                    rows.append((digest, response, text, ref))
+                marker = lake.marker(SNAPSHOT_LAKE, BATCH_MARKER)
+                if rows and (marker is None or int(marker[1]) < batch_id):
+                    lake.append(SNAPSHOT_LAKE, _lake_rows(rows), marker=batch_id, marker_key=BATCH_MARKER)
+            except Exception as exc:  # the outbox keeps the batch; it is retried on the next flush
                 with db.transaction() as conn:
-                    batch_id = _next_batch(conn, batch)
-                    if batch_id is None:
-                        return flushed
-                    pending = conn.execute(
-                        "SELECT snapshot_hash, response FROM snapshot_outbox WHERE flush_batch = %s "
-                        "AND flushed_at IS NULL ORDER BY snapshot_hash", (batch_id,),
-                    ).fetchall()
-                rows = []
-                try:
-                    for digest, text in pending:
-                        response = json.loads(text)
-                        ref = store.put(object_key(response["snapshot"]["context_pins"], digest), text.encode())
-                        rows.append((digest, response, text, ref))
-                    marker = lake.marker(SNAPSHOT_LAKE, BATCH_MARKER)
-                    if rows and (marker is None or int(marker[1]) < batch_id):
-                        lake.append(SNAPSHOT_LAKE, _lake_rows(rows), marker=batch_id, marker_key=BATCH_MARKER)
-                except Exception as exc:  # the outbox keeps the batch; it is retried on the next flush
-                    with db.transaction() as conn:
-                        _count(conn, "snapshot_failures", len(pending))
-                    raise TransientError("SNAPSHOT_FLUSH_FAILED",
-                                         f"batch {batch_id} stays in the outbox ({type(exc).__name__})") from None
-                with db.transaction() as conn:
-                    conn.cursor().executemany(
-                        """INSERT INTO snapshot_index (snapshot_hash, scenario_id, run_id, manifest_fingerprint,
-                               parameter_hash, as_of_us, input_basis, definition_digests, object_ref)
-                           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
-                        [(digest, *[response["snapshot"]["context_pins"][p] for p in
-                                    ("scenario_id", "run_id", "manifest_fingerprint", "parameter_hash")],
-                          parse_rfc3339(response["snapshot"]["as_of_time_utc"]),
-                          json.dumps(response["provenance"]["input_basis"], sort_keys=True),
-                          json.dumps(response["provenance"].get("definition_digests", {}), sort_keys=True), ref)
-                         for digest, response, _, ref in rows],
-                    )
-                    conn.execute("UPDATE snapshot_outbox SET flushed_at = now() WHERE flush_batch = %s",
-                                  (batch_id,))
-                    _count(conn, "snapshots_persisted", len(rows))
-                flushed += len(rows)
-        finally:
-            lock_conn.execute("SELECT pg_advisory_unlock(%s, %s)", FLUSH_LOCK)
+                    _count(conn, "snapshot_failures", len(pending))
+                raise TransientError("SNAPSHOT_FLUSH_FAILED",
+                                     f"batch {batch_id} stays in the outbox ({type(exc).__name__})") from None
+            with db.transaction() as conn:
+                conn.cursor().executemany(
+                    """INSERT INTO snapshot_index (snapshot_hash, scenario_id, run_id, manifest_fingerprint,
+                           parameter_hash, as_of_us, input_basis, definition_digests, object_ref)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+                    [(digest, *[response["snapshot"]["context_pins"][p] for p in
+                                ("scenario_id", "run_id", "manifest_fingerprint", "parameter_hash")],
+                      parse_rfc3339(response["snapshot"]["as_of_time_utc"]),
+                      json.dumps(response["provenance"]["input_basis"], sort_keys=True),
+                      json.dumps(response["provenance"].get("definition_digests", {}), sort_keys=True), ref)
+                     for digest, response, _, ref in rows],
+                )
+                conn.execute("UPDATE snapshot_outbox SET flushed_at = now() WHERE flush_batch = %s",
+                              (batch_id,))
+                _count(conn, "snapshots_persisted", len(rows))
+            flushed += len(rows)
+    return flushed
 
 
 def get_snapshot(db: Database, store: ObjectStore, digest: str) -> dict[str, Any]:

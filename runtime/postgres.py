@@ -56,6 +56,22 @@ class Database:
         with self.connect() as conn:
             yield conn
 
+    @contextlib.contextmanager
+    def try_advisory_lock(self, namespace: int, name: str) -> Iterator[bool]:
+        """Hold the session advisory lock (namespace, hashtext(name)) for the block, if free.
+
+        Yields False (and holds nothing) when another session has it: single-writer jobs skip.
+        """
+        with self.connect(autocommit=True) as conn:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (namespace, name)).fetchone()
+            if not row or not row[0]:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (namespace, name))
+
     def with_database(self, name: str) -> Database:
         """The same server, another database (used by tests to isolate each test)."""
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
