@@ -20,7 +20,7 @@ SEGMENT = re.compile(r"^[A-Za-z0-9._=:-]{1,200}$")
 
 def check_key(key: str) -> str:
     parts = key.split("/")
-    if not parts or any(p in (".", "..") or not SEGMENT.match(p) for p in parts):
+    if not parts or any(p in (".", "..") or not SEGMENT.fullmatch(p) for p in parts):
         raise TerminalError("INVALID_OBJECT_KEY", f"object key {key[:200]!r} is not allowed")
     return key
 

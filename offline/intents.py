@@ -93,7 +93,7 @@ def parse_intent(raw: object, registry: Registry) -> BuildIntent:
     if unknown:
         raise IntentRejected("INTENT_MALFORMED", f"unknown intent fields {sorted(unknown)}")
     request_id = raw.get("request_id")
-    if not isinstance(request_id, str) or not PIN.match(request_id) or request_id in (".", ".."):
+    if not isinstance(request_id, str) or not PIN.fullmatch(request_id) or request_id in (".", ".."):
         raise IntentRejected("INVALID_REQUEST_ID", "request_id is 1-128 chars of [A-Za-z0-9._-]")
     kind = raw.get("intent_kind")
     if kind not in INTENT_KINDS:

@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from online.bus.base import EventBus
 from runtime.errors import RejectedEvent
@@ -21,6 +21,8 @@ from schemas.envelope import normalize_event
 from schemas.streams import stream_spec
 
 CHUNK = 2000
+MAX_LINE_BYTES = 1 << 20  # SPEC §2: a longer line is LINE_TOO_LONG and is never held or stored whole
+QUARANTINE_KEEP_CHARS = 4096  # how much of a bad line the quarantine keeps as evidence
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
@@ -55,12 +57,61 @@ class PublishResult:
         return {"published": self.published, "duplicates": self.duplicates, "rejected": self.rejected}
 
 
-def _chunks(lines: Iterable[str]) -> Iterator[list[tuple[int, str]]]:
-    chunk: list[tuple[int, str]] = []
-    for line_no, line in enumerate(lines, start=1):
-        if not line.strip():
+@dataclass(frozen=True)
+class BadLine:
+    """A line that cannot even be decoded as text: too long, or not UTF-8."""
+
+    reason_code: str
+    detail: str
+    evidence: str
+
+
+def read_lines(handle: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[str | BadLine]:
+    """The lines of a binary JSONL stream, holding at most `limit` bytes of any one line in memory.
+
+    A longer line becomes `BadLine(LINE_TOO_LONG)` (its rest is skipped unread into memory); a line
+    that is not UTF-8 becomes `BadLine(INVALID_ENCODING)`.
+    """
+    while True:
+        line = handle.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and not line.endswith(b"\n"):
+            size = len(line)
+            while True:  # skip the rest of the line in bounded pieces
+                rest = handle.readline(limit)
+                size += len(rest)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            yield BadLine("LINE_TOO_LONG", f"line of {size} bytes exceeds {limit}",
+                          line[:QUARANTINE_KEEP_CHARS].decode("utf-8", "backslashreplace"))
             continue
-        chunk.append((line_no, line.rstrip("\n")))
+        try:
+            yield line.decode("utf-8")
+        except UnicodeDecodeError:
+            yield BadLine("INVALID_ENCODING", "line is not UTF-8", line[:QUARANTINE_KEEP_CHARS].decode(
+                "utf-8", "backslashreplace"))
+
+
+def _evidence(line: str) -> str:
+    """What the quarantine keeps of a bad line: bounded, and storable (no NUL, no lone surrogate)."""
+    kept = line[:QUARANTINE_KEEP_CHARS]
+    return kept.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def _chunks(lines: Iterable[str | bytes | BadLine]) -> Iterator[list[tuple[int, str | BadLine]]]:
+    chunk: list[tuple[int, str | BadLine]] = []
+    for line_no, line in enumerate(lines, start=1):
+        if isinstance(line, bytes):
+            line = line.decode("utf-8", "surrogateescape")
+        if isinstance(line, str):
+            if not line.strip():
+                continue
+            if len(line) > MAX_LINE_BYTES or len(line.encode("utf-8", "surrogatepass")) > MAX_LINE_BYTES:
+                line = BadLine("LINE_TOO_LONG", f"line exceeds {MAX_LINE_BYTES} bytes", _evidence(line))
+            else:
+                line = line.rstrip("\n").removesuffix("\r")
+        chunk.append((line_no, line))
         if len(chunk) >= CHUNK:
             yield chunk
             chunk = []
@@ -81,13 +132,15 @@ class Publisher:
     def publish(
         self,
         stream: str,
-        lines: Iterable[str],
+        lines: Iterable[str | bytes | BadLine],
         source: str,
         *,
         inject_bus_duplicates: float = 0.0,
     ) -> PublishResult:
-        """Admit the JSONL `lines` onto `stream`. `inject_bus_duplicates` simulates producer retries
-        that put an admitted event on the bus a second time (for testing consumers)."""
+        """Admit the JSONL `lines` (text, bytes, or `read_lines` output) onto `stream`.
+
+        `inject_bus_duplicates` simulates producer retries that put an admitted event on the bus a
+        second time (for testing consumers)."""
         spec = stream_spec(stream)
         self.bus.ensure_stream(stream)
         result = PublishResult()
@@ -97,16 +150,19 @@ class Publisher:
         return result
 
     def _publish_chunk(
-        self, stream: str, event_type: str, partition_field: str, chunk: list[tuple[int, str]],
+        self, stream: str, event_type: str, partition_field: str, chunk: list[tuple[int, str | BadLine]],
         source: str, inject: float, result: PublishResult,
     ) -> None:
         quarantined: list[Quarantined] = []
         candidates: dict[tuple[str, str, str], tuple[int, dict[str, Any], str]] = {}
         in_chunk_dupes = 0
         for line_no, line in chunk:
+            if isinstance(line, BadLine):
+                quarantined.append(Quarantined(line_no, line.reason_code, line.detail, line.evidence))
+                continue
             try:
                 raw = json.loads(line)
-            except (json.JSONDecodeError, RecursionError):
+            except (ValueError, RecursionError):  # ValueError: also ints of more than 4300 digits
                 quarantined.append(Quarantined(line_no, "MALFORMED_JSON", "line is not valid JSON", line))
                 continue
             try:
@@ -163,10 +219,20 @@ class Publisher:
                     if existing.get(key) == digest:
                         duplicates += 1
                     else:
-                        raw_line = next(line for n, line in chunk if n == line_no)
+                        raw_line = next(str(line) for n, line in chunk if n == line_no)
                         quarantined.append(Quarantined(
                             line_no, "PAYLOAD_MISMATCH",
                             "event identity already admitted with another payload", raw_line, key))
+            # quarantine first: nothing reaches the bus in a transaction that could still fail on it
+            if quarantined:
+                with conn.cursor().copy(
+                    """COPY admission_quarantine (stream, source, line_no, reason_code, detail,
+                       platform_run_id, event_type, event_id, raw_line) FROM STDIN"""
+                ) as copy:
+                    for q in quarantined:
+                        copy.write_row((stream, source, q.line_no, q.reason_code, q.detail[:1000],
+                                        *(None if v is None else _evidence(v) for v in q.identity),
+                                        _evidence(q.raw_line)))
             admitted = [k for k in keys if k in claimed]
             if admitted:
                 items = [
@@ -188,14 +254,6 @@ class Publisher:
                     if again:
                         self.bus.append(stream, again)
                         result.injected_bus_duplicates += len(again)
-            if quarantined:
-                with conn.cursor().copy(
-                    """COPY admission_quarantine (stream, source, line_no, reason_code, detail,
-                       platform_run_id, event_type, event_id, raw_line) FROM STDIN"""
-                ) as copy:
-                    for q in quarantined:
-                        copy.write_row((stream, source, q.line_no, q.reason_code, q.detail[:1000],
-                                        *q.identity, q.raw_line.replace("\x00", "")))
         result.published += len(admitted)
         result.duplicates += duplicates
         result.rejected += len(quarantined)

@@ -7,16 +7,19 @@ same partition fails the compare-and-set and rolls back: a batch can never be ap
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
 
-from online.bus.base import EventBus
-from runtime.errors import TransientError
+from online.bus.base import BusCorrupt, EventBus
+from runtime.errors import FpError, TransientError
 from runtime.postgres import Database
 
-LEASE_SECONDS = 30
+LEASE_SECONDS = int(os.environ.get("FP_LEASE_SECONDS", "30"))  # a dead owner's partitions free up after this
+# errors that say nothing about the records: retry the same batch later, never ledger it
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg.InterfaceError, TransientError)
 
 
 class Fenced(TransientError):
@@ -58,15 +61,28 @@ def claim(conn: psycopg.Connection, consumer: str, stream: str, partition: int, 
 
 
 def advance(conn: psycopg.Connection, lease: Lease, new_offset: int) -> Lease:
-    """Move the checkpoint to `new_offset` inside the caller's transaction, or raise `Fenced`."""
-    cur = conn.execute(
-        """UPDATE consumer_checkpoints
-              SET next_offset = %s, lease_until = now() + make_interval(secs => %s), updated_at = now()
-            WHERE consumer = %s AND stream = %s AND partition = %s AND epoch = %s AND next_offset = %s""",
-        (new_offset, LEASE_SECONDS, lease.consumer, lease.stream, lease.partition, lease.epoch,
-         lease.next_offset),
-    )
-    if cur.rowcount != 1:
+    """Move the checkpoint to `new_offset` inside the caller's transaction, or raise `Fenced`.
+
+    Moving also clears the partition's error streak and any block it has now passed."""
+    row = conn.execute(
+        """WITH moved AS (
+               UPDATE consumer_checkpoints
+                  SET next_offset = %(new)s, lease_until = now() + make_interval(secs => %(lease)s),
+                      updated_at = now()
+                WHERE consumer = %(c)s AND stream = %(s)s AND partition = %(p)s AND epoch = %(epoch)s
+                  AND next_offset = %(old)s
+            RETURNING 1),
+           unblocked AS (
+               DELETE FROM consumer_blocks WHERE consumer = %(c)s AND stream = %(s)s AND partition = %(p)s
+                  AND "offset" < %(new)s AND EXISTS (SELECT 1 FROM moved)),
+           healed AS (
+               DELETE FROM consumer_errors WHERE consumer = %(c)s AND stream = %(s)s AND partition = %(p)s
+                  AND EXISTS (SELECT 1 FROM moved))
+           SELECT count(*) FROM moved""",
+        {"new": new_offset, "lease": LEASE_SECONDS, "c": lease.consumer, "s": lease.stream, "p": lease.partition,
+         "epoch": lease.epoch, "old": lease.next_offset},
+    ).fetchone()
+    if row is None or row[0] != 1:
         raise Fenced(f"{lease.consumer} lost {lease.stream}/{lease.partition} (epoch {lease.epoch})")
     return Lease(lease.consumer, lease.stream, lease.partition, lease.owner, lease.epoch, new_offset)
 
@@ -123,30 +139,124 @@ def bump_counters(conn: psycopg.Connection, consumer: str, stream: str, partitio
 BatchApplier = Callable[[Lease, list[tuple[int, int, bytes]], int], Lease]
 
 
+def record_block(db: Database, consumer: str, exc: BusCorrupt) -> None:
+    """Note that `consumer` cannot pass a corrupt record of a partition (health shows it RED)."""
+    with db.transaction() as conn:
+        conn.execute(
+            """INSERT INTO consumer_blocks (consumer, stream, partition, "offset", reason_code, byte_start, byte_end,
+                                            detail)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (consumer, stream, partition) DO UPDATE SET "offset" = EXCLUDED."offset",
+                   reason_code = EXCLUDED.reason_code, byte_start = EXCLUDED.byte_start,
+                   byte_end = EXCLUDED.byte_end, detail = EXCLUDED.detail""",
+            (consumer, exc.stream, exc.partition, exc.offset, exc.reason_code, exc.byte_start, exc.byte_end,
+             exc.message[:1000]),
+        )
+
+
+def clear_blocks(conn: psycopg.Connection, consumer: str, stream: str, partition: int, below: int) -> None:
+    conn.execute(
+        """DELETE FROM consumer_blocks WHERE consumer = %s AND stream = %s AND partition = %s AND "offset" < %s""",
+        (consumer, stream, partition, below),
+    )
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """(reason_code, detail) of an exception, safe to store: never its message text, which may
+    carry data or connection details; the type, reason code and SQLSTATE say what happened."""
+    if isinstance(exc, FpError):
+        return exc.reason_code, f"{type(exc).__name__}: {exc.reason_code}"
+    sqlstate = getattr(getattr(exc, "diag", None), "sqlstate", None) or getattr(exc, "sqlstate", None)
+    suffix = f" (SQLSTATE {sqlstate})" if sqlstate else ""
+    code = "STORAGE_REJECTED" if isinstance(exc, psycopg.Error) else "APPLY_ERROR"
+    return code, f"{type(exc).__name__}{suffix}"
+
+
+def record_error(db: Database, consumer: str, stream: str, partition: int, exc: BaseException) -> None:
+    """Count an error in a row for the partition (a crash loop shows in health); best effort."""
+    code, detail = describe_error(exc)
+    try:
+        with db.transaction() as conn:
+            conn.execute(
+                """INSERT INTO consumer_errors (consumer, stream, partition, reason_code, detail)
+                   VALUES (%s, %s, %s, %s, %s)
+                   ON CONFLICT (consumer, stream, partition) DO UPDATE SET
+                       reason_code = EXCLUDED.reason_code, detail = EXCLUDED.detail,
+                       in_a_row = consumer_errors.in_a_row + 1, last_at = now()""",
+                (consumer, stream, partition, code, detail),
+            )
+    except Exception:  # the database itself may be what failed; health then reports it unreachable
+        pass
+
+
+def _ledger_poison(db: Database, lease: Lease, record: tuple[int, int, bytes], next_offset: int,
+                   exc: BaseException) -> Lease:
+    """One record that cannot be applied: to the failure ledger at its position; the partition moves on."""
+    code, detail = describe_error(exc)
+    partition, offset, _ = record
+    with db.transaction() as conn:
+        record_failures(conn, lease.consumer, lease.stream, [(partition, offset, None, code, detail)])
+        bump_counters(conn, lease.consumer, lease.stream, partition, applied=0, duplicates=0, failures=1,
+                      last_ts_us=None)
+        return advance(conn, lease, next_offset)
+
+
+def apply_isolating(db: Database, lease: Lease, records: list[tuple[int, int, bytes]], next_offset: int,
+                    apply_batch: BatchApplier) -> Lease:
+    """Apply a batch; if it fails for a reason that lies in its records, split it until the records
+    that cannot be applied stand alone, ledger those, and apply everything else. Transient errors
+    (connection lost, fenced) propagate: the batch is retried as a whole later."""
+    try:
+        return apply_batch(lease, records, next_offset)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:
+        if len(records) == 1:
+            return _ledger_poison(db, lease, records[0], next_offset, exc)
+    middle = len(records) // 2
+    lease = apply_isolating(db, lease, records[:middle], records[middle][1], apply_batch)
+    return apply_isolating(db, lease, records[middle:], next_offset, apply_batch)
+
+
 def drain(db: Database, bus: EventBus, consumer: str, stream: str, partition: int, owner: str, batch_size: int,
-          apply_batch: BatchApplier, max_batches: int | None = None) -> None:
+          apply_batch: BatchApplier, max_batches: int | None = None) -> bool:
     """Claim one partition and feed its records to `apply_batch` until caught up (or `max_batches`).
 
     `apply_batch(lease, records, next_offset)` applies a batch and advances the checkpoint in one
-    transaction, returning the new lease. A partition someone else holds is skipped.
+    transaction, returning the new lease. Returns True when the partition was caught up, False when
+    it was held by another owner, blocked by a corrupt record, or hit a transient error (recorded
+    for health; the next pass retries). No record ever stops the partition: see `apply_isolating`.
     """
-    with db.transaction() as conn:
-        lease = claim(conn, consumer, stream, partition, owner)
+    try:
+        with db.transaction() as conn:
+            lease = claim(conn, consumer, stream, partition, owner)
+    except TRANSIENT_ERRORS as exc:
+        record_error(db, consumer, stream, partition, exc)
+        return False
     if lease is None:
-        return
+        return False
+    caught_up = False
     try:
         done = 0
         while max_batches is None or done < max_batches:
             batch = bus.read(stream, partition, lease.next_offset, batch_size)
             if batch.records:
-                lease = apply_batch(lease, [(r.partition, r.offset, r.value) for r in batch.records],
-                                    batch.next_offset)
+                lease = apply_isolating(db, lease, [(r.partition, r.offset, r.value) for r in batch.records],
+                                        batch.next_offset, apply_batch)
                 done += 1
             if batch.caught_up:
+                caught_up = True
                 break
+    except BusCorrupt as exc:
+        record_block(db, consumer, exc)
+    except Fenced:
+        pass  # another worker owns the partition now; nothing of this batch was committed
+    except TRANSIENT_ERRORS as exc:
+        record_error(db, consumer, stream, partition, exc)
     finally:
         try:
             with db.transaction() as conn:
                 release(conn, lease)
         except Exception:  # releasing is best effort; the lease expires anyway
             pass
+    return caught_up

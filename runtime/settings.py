@@ -24,6 +24,7 @@ PROFILE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 class EmbeddedPostgres:
     kind: Literal["embedded"]
     data_dir: Path
+    settings: dict[str, str] = field(default_factory=dict)  # server settings chosen for this workload
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     if dsn:
         postgres = DsnPostgres("dsn", Secret(dsn))
     elif pg.get("kind") == "embedded":
-        postgres = EmbeddedPostgres("embedded", home / "pg")
+        postgres = EmbeddedPostgres("embedded", home / "pg",
+                                    {str(k): str(v) for k, v in (pg.get("settings") or {}).items()})
     else:
         dsn_env = pg.get("dsn_env", "FP_PG_DSN")
         raise ConfigError(

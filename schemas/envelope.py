@@ -21,6 +21,9 @@ PIN_FIELDS = ("scenario_id", "run_id", "manifest_fingerprint", "parameter_hash")
 CHANNELS = ("card_present", "ecom", "mobile")
 LABELS = ("fraud", "legit")
 SCHEMA_VERSION = "v1"
+MAX_SIGNED_64 = 2**63 - 1  # seed, arrival_seq: what a bigint column holds
+MAX_EXACT_INT = 2**53 - 1  # amount_minor: what an IEEE double (and RFC 8785) carries exactly
+FORBIDDEN_TEXT = re.compile(r"[\x00\ud800-\udfff]")  # NUL and unpaired surrogates: no store can hold them
 ENVELOPE_FIELDS = (
     "event_id", "event_type", "schema_version", "ts_utc", "context_pins", "seed", "platform_run_id", "payload"
 )
@@ -50,16 +53,31 @@ def _reject(code: str, detail: str) -> RejectedEvent:
 
 
 def is_pin(value: object) -> bool:
-    return isinstance(value, str) and value not in (".", "..") and PIN.match(value) is not None
+    return isinstance(value, str) and value not in (".", "..") and PIN.fullmatch(value) is not None
 
 
 def is_entity_id(key_type: str, value: object) -> bool:
     pattern = ENTITY_ID.get(key_type)
-    return pattern is not None and isinstance(value, str) and pattern.match(value) is not None
+    return pattern is not None and isinstance(value, str) and pattern.fullmatch(value) is not None
 
 
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def _is_count(value: object, limit: int = MAX_SIGNED_64) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
+
+
+def check_text(value: object) -> None:
+    """Reject NUL and unpaired surrogates in any string (keys included) of a parsed JSON value."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if FORBIDDEN_TEXT.search(item):
+                raise _reject("INVALID_CHARACTER", "strings may not hold NUL or unpaired surrogates")
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
 
 
 def validate_pins(pins: object) -> dict[str, str]:
@@ -79,7 +97,7 @@ def validate_pins(pins: object) -> dict[str, str]:
 def _check_payload_field(event_type: str, name: str, kind: str, value: Any) -> Any:
     where = f"payload.{name}"
     if kind == "flow":
-        if not isinstance(value, str) or not EVENT_ID.match(value):
+        if not isinstance(value, str) or not EVENT_ID.fullmatch(value):
             raise _reject("INVALID_PAYLOAD", f"{where} must be 1-128 chars of [A-Za-z0-9._:-]")
     elif kind.startswith("entity"):
         key_type = kind.split(":", 1)[1]
@@ -87,11 +105,14 @@ def _check_payload_field(event_type: str, name: str, kind: str, value: Any) -> A
             return None
         if not is_entity_id(key_type, value):
             raise _reject("NON_CANONICAL_ENTITY_ID", f"{where} must look like e_{key_type}_<1-64 alphanumerics>")
-    elif kind in ("seq", "amount"):
+    elif kind == "seq":
         if not _is_count(value):
-            raise _reject("INVALID_PAYLOAD", f"{where} must be an integer >= 0")
+            raise _reject("INTEGER_OUT_OF_RANGE", f"{where} must be an integer in 0..2^63-1")
+    elif kind == "amount":
+        if not _is_count(value, MAX_EXACT_INT):
+            raise _reject("AMOUNT_OUT_OF_RANGE", f"{where} must be an integer in 0..2^53-1")
     elif kind == "currency":
-        if not isinstance(value, str) or not CURRENCY.match(value):
+        if not isinstance(value, str) or not CURRENCY.fullmatch(value):
             raise _reject("INVALID_PAYLOAD", f"{where} must be 3 upper-case letters")
     elif kind == "channel":
         if value not in CHANNELS:
@@ -114,6 +135,7 @@ def normalize_event(raw: object) -> dict[str, Any]:
     """
     if not isinstance(raw, dict):
         raise _reject("NOT_AN_OBJECT", "an event must be a JSON object")
+    check_text(raw)
     for name in ENVELOPE_FIELDS:
         if name not in raw:
             raise _reject("MISSING_FIELD", f"{name} is missing")
@@ -122,13 +144,13 @@ def normalize_event(raw: object) -> dict[str, Any]:
         raise _reject("UNKNOWN_EVENT_TYPE", f"event_type must be one of {sorted(PAYLOADS)}")
     if raw["schema_version"] != SCHEMA_VERSION:
         raise _reject("UNKNOWN_SCHEMA_VERSION", f"schema_version must be {SCHEMA_VERSION!r}")
-    if not isinstance(raw["event_id"], str) or not EVENT_ID.match(raw["event_id"]):
+    if not isinstance(raw["event_id"], str) or not EVENT_ID.fullmatch(raw["event_id"]):
         raise _reject("INVALID_EVENT_ID", "event_id must be 1-128 chars of [A-Za-z0-9._:-]")
     if not is_pin(raw["platform_run_id"]):
         raise _reject("INVALID_PINS", "platform_run_id must be 1-128 chars of [A-Za-z0-9._-]")
     pins = validate_pins(raw["context_pins"])
     if not _is_count(raw["seed"]):
-        raise _reject("INVALID_FIELD", "seed must be an integer >= 0")
+        raise _reject("INTEGER_OUT_OF_RANGE", "seed must be an integer in 0..2^63-1")
     try:
         ts_utc = canonical(raw["ts_utc"])
         emitted = canonical(raw["emitted_at_utc"]) if raw.get("emitted_at_utc") is not None else None

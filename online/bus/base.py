@@ -11,6 +11,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from pipelines.events import SKIPPED_RECORD
+from runtime.errors import TerminalError
+
+__all__ = ["SKIPPED_RECORD", "BusCorrupt", "BusRecord", "EventBus", "ReadBatch", "partition_for"]
+
+
+class BusCorrupt(TerminalError):
+    """A stored record fails its checksum or framing: the partition cannot go past it on its own.
+
+    Reported with its byte range; only an explicit, audited operator skip (`fp bus skip`) moves a
+    consumer past it, and then the record is delivered as `SKIPPED_RECORD` to every consumer alike.
+    """
+
+    def __init__(self, stream: str, partition: int, offset: int, byte_start: int, byte_end: int, why: str) -> None:
+        super().__init__("BUS_CORRUPT", f"{stream}/{partition} offset {offset} (bytes {byte_start}-{byte_end}): {why}")
+        self.stream = stream
+        self.partition = partition
+        self.offset = offset
+        self.byte_start = byte_start
+        self.byte_end = byte_end
+
 
 def partition_for(partition_key: str, partitions: int) -> int:
     """Stable partitioner: the first 8 bytes of sha256(key), modulo the partition count."""
@@ -48,4 +69,9 @@ class EventBus(Protocol):
 
     def end_offsets(self, stream: str) -> dict[int, int] | None:
         """Exclusive-next offset per partition, or None where the backend cannot tell cheaply."""
+        ...
+
+    def skip_corrupt(self, stream: str, partition: int, offset: int) -> tuple[int, int]:
+        """Mark the corrupt record at `offset` as skipped (operator action); return its byte range.
+        Raises `TerminalError(NOT_CORRUPT)` when the record there is intact."""
         ...

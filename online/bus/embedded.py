@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from online.bus.base import BusRecord, ReadBatch, partition_for
+from online.bus.base import SKIPPED_RECORD, BusCorrupt, BusRecord, ReadBatch, partition_for
 from runtime.errors import TerminalError
 from schemas.streams import stream_spec
 
@@ -96,18 +96,28 @@ class EmbeddedBus:
 
     @staticmethod
     def _recover(log_fd: int, idx_fd: int) -> tuple[int, int]:
-        """Drop any torn tail; return (visible record count, end of visible data)."""
+        """Drop any torn tail; return (visible record count, end of visible data).
+
+        A torn tail (bytes after the last indexed record, from a crash mid-append) is truncated. If
+        the last indexed record itself is corrupt its true end is unknown: nothing is truncated and
+        appends go after every byte on disk, so the corrupt record stays reportable.
+        """
         idx_size = os.fstat(idx_fd).st_size
         count = idx_size // INDEX_ENTRY.size
         if idx_size != count * INDEX_ENTRY.size:
             os.ftruncate(idx_fd, count * INDEX_ENTRY.size)
+        log_size = os.fstat(log_fd).st_size
         if count == 0:
             data_end = 0
         else:
             (last,) = INDEX_ENTRY.unpack(os.pread(idx_fd, INDEX_ENTRY.size, (count - 1) * INDEX_ENTRY.size))
-            length, _ = HEADER.unpack(os.pread(log_fd, HEADER.size, last))
+            head = os.pread(log_fd, HEADER.size, last) if last <= log_size else b""
+            length, crc = HEADER.unpack(head) if len(head) == HEADER.size else (log_size, None)
             data_end = last + HEADER.size + length
-        if os.fstat(log_fd).st_size != data_end:
+            intact = data_end <= log_size and zlib.crc32(os.pread(log_fd, length, last + HEADER.size)) == crc
+            if not intact:
+                return count, log_size
+        if log_size != data_end:
             os.ftruncate(log_fd, data_end)
             os.fsync(log_fd)
         return count, data_end
@@ -123,7 +133,16 @@ class EmbeddedBus:
         directory = self._dir(stream)
         return {p: self._visible_count(directory, p) for p in self.partitions(stream)}
 
+    def _skipped(self, directory: Path, partition: int) -> frozenset[int]:
+        try:
+            text = (directory / f"{partition}.skips").read_text()
+        except FileNotFoundError:
+            return frozenset()
+        return frozenset(int(line) for line in text.split() if line.isdigit())
+
     def read(self, stream: str, partition: int, from_offset: int, max_records: int) -> ReadBatch:
+        """Records from `from_offset`; stops before the first corrupt one, and raises `BusCorrupt`
+        when the batch would start at it (unless an operator skipped it)."""
         directory = self._dir(stream)
         if not 0 <= partition < self.partition_count:
             raise TerminalError("UNKNOWN_PARTITION", f"stream {stream} has no partition {partition}")
@@ -135,23 +154,61 @@ class EmbeddedBus:
         until = min(visible, from_offset + max_records)
         with open(directory / f"{partition}.idx", "rb") as idx:
             idx.seek(from_offset * INDEX_ENTRY.size)
-            # one entry past the batch (when visible) bounds the bytes to read
+            # one entry past the batch (when visible) bounds the last record
             extra = 1 if until < visible else 0
             raw = idx.read((until - from_offset + extra) * INDEX_ENTRY.size)
         starts = [s for (s,) in INDEX_ENTRY.iter_unpack(raw)]
-        end = starts.pop() if extra else None
+        log_path = directory / f"{partition}.log"
+        log_size = log_path.stat().st_size
+        ends = starts[1:] if extra else [*starts[1:], None]
+        starts = starts[: until - from_offset]
+        lo = min(starts[0], log_size)
+        hi = max(lo, min(max((e or log_size) for e in ends), log_size))
+        with open(log_path, "rb") as log:
+            log.seek(lo)
+            blob = log.read(hi - lo)
+        skipped = self._skipped(directory, partition)
         records: list[BusRecord] = []
-        with open(directory / f"{partition}.log", "rb") as log:
-            log.seek(starts[0])
-            blob = log.read(end - starts[0]) if end is not None else log.read()
-        base = starts[0]
-        for n, start in enumerate(starts):
-            at = start - base
-            length, crc = HEADER.unpack_from(blob, at)
-            value = bytes(blob[at + HEADER.size : at + HEADER.size + length])
-            if len(value) != length or zlib.crc32(value) != crc:
-                raise TerminalError(
-                    "BUS_CORRUPT", f"{stream}/{partition} offset {from_offset + n} fails its checksum"
-                )
-            records.append(BusRecord(stream, partition, from_offset + n, value))
+        for n, (start, end) in enumerate(zip(starts, ends, strict=True)):
+            offset = from_offset + n
+            problem = _frame_problem(blob, lo, start, end, log_size)
+            if problem is None:
+                at = start - lo + HEADER.size
+                length, _ = HEADER.unpack_from(blob, start - lo)
+                records.append(BusRecord(stream, partition, offset, bytes(blob[at:at + length])))
+                continue
+            if offset in skipped:
+                records.append(BusRecord(stream, partition, offset, SKIPPED_RECORD))
+                continue
+            if records:  # deliver what precedes the corrupt record; the next read reports it
+                return ReadBatch(records, offset, False)
+            raise BusCorrupt(stream, partition, offset, start, end if end is not None else log_size, problem)
         return ReadBatch(records, until, until == visible)
+
+    def skip_corrupt(self, stream: str, partition: int, offset: int) -> tuple[int, int]:
+        directory = self._dir(stream)
+        try:
+            self.read(stream, partition, offset, 1)
+        except BusCorrupt as exc:
+            with open(directory / f"{partition}.lock", "a+b") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                with open(directory / f"{partition}.skips", "a") as skips:
+                    skips.write(f"{offset}\n")
+                    skips.flush()
+                    os.fsync(skips.fileno())
+            return exc.byte_start, exc.byte_end
+        raise TerminalError("NOT_CORRUPT", f"{stream}/{partition} offset {offset} is intact (or not visible); "
+                                           "nothing to skip")
+
+
+def _frame_problem(blob: bytes, base: int, start: int, end: int | None, log_size: int) -> str | None:
+    """Why the record framed at [start, end) of the log is not intact, or None when it is."""
+    if start < base or start + HEADER.size > log_size or (end is not None and end < start + HEADER.size):
+        return "index entry points outside the log"
+    length, crc = HEADER.unpack_from(blob, start - base)
+    stop = start + HEADER.size + length
+    if stop > log_size or (end is not None and stop != end):
+        return "frame length disagrees with the index"
+    if zlib.crc32(blob[start - base + HEADER.size:stop - base]) != crc:
+        return "checksum mismatch"
+    return None

@@ -112,3 +112,7 @@ class KinesisEventBus:
 
     def end_offsets(self, stream: str) -> dict[int, int] | None:
         return None
+
+    def skip_corrupt(self, stream: str, partition: int, offset: int) -> tuple[int, int]:
+        """Kinesis checksums records itself: nothing stored here can be corrupt."""
+        raise TerminalError("NOT_CORRUPT", "Kinesis records are checked by the service; there is nothing to skip")
