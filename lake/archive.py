@@ -21,12 +21,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lake.delta import DeltaLake
-from online.bus.base import EventBus
+from online.bus.base import BusCorrupt, EventBus
+from online.checkpoints import clear_blocks, record_block
 from runtime.errors import TerminalError, TransientError
 from runtime.postgres import Database
 
 ARCHIVE_SCHEMA = pa.schema([("partition", pa.int32()), ("offset", pa.int64()), ("value", pa.binary())])
 LOCK_NAMESPACE = 7_301  # advisory lock class for archive writers
+CONSUMER = "archive"  # the name under which archive blocks show in health
 
 
 class ArchiveConflict(TransientError):
@@ -82,6 +84,9 @@ class ArchiveWriter:
 
     def _drain(self, stream: str, stats: ArchiveStats) -> None:
         progress = archive_progress(self.lake, stream)
+        with self.db.transaction() as conn:  # blocks the archive has moved past (after an operator skip)
+            for partition, offset in progress.items():
+                clear_blocks(conn, CONSUMER, stream, partition, offset)
         while True:
             parts: list[pa.Table] = []
             new_progress = dict(progress)
@@ -89,7 +94,11 @@ class ArchiveWriter:
             for partition in self.bus.partitions(stream):
                 offset = progress.get(partition, 0)
                 while budget > 0:
-                    batch = self.bus.read(stream, partition, offset, min(self.read_batch, budget))
+                    try:
+                        batch = self.bus.read(stream, partition, offset, min(self.read_batch, budget))
+                    except BusCorrupt as exc:  # this partition waits for an operator; the others go on
+                        record_block(self.db, CONSUMER, exc)
+                        break
                     if batch.records:
                         parts.append(pa.table({
                             "partition": pa.array([r.partition for r in batch.records], pa.int32()),

@@ -98,10 +98,32 @@ def connect(lake: DeltaLake, store: ObjectStore) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def run_query(lake: DeltaLake, store: ObjectStore, query: str) -> dict[str, Any]:
-    """Run one query; returns {"columns": [...], "rows": [[...], ...]} (JSON-ready)."""
+LOCKDOWN = (
+    "SET enable_external_access = false",  # no read_text('/etc/...'), COPY TO, ATTACH, httpfs
+    "SET autoinstall_known_extensions = false",
+    "SET autoload_known_extensions = false",
+    "SET allow_community_extensions = false",
+    "SET lock_configuration = true",  # the query cannot SET any of this back
+)
+
+
+def lock_down(con: duckdb.DuckDBPyConnection) -> None:
+    """Confine a connection to the views already registered: no files outside the lakes, no
+    extension installs, and no way for a query to change that."""
+    for statement in LOCKDOWN:
+        con.execute(statement)
+
+
+def run_query(lake: DeltaLake, store: ObjectStore, query: str, *, allow_external: bool = False) -> dict[str, Any]:
+    """Run one statement; returns {"columns": [...], "rows": [[...], ...]} (JSON-ready).
+
+    Locked down by default (`lock_down`); `allow_external` lifts that for a local analyst."""
     con = connect(lake, store)
     try:
+        if len(con.extract_statements(query)) != 1:
+            raise duckdb.InvalidInputException("fp sql runs exactly one statement")
+        if not allow_external:
+            lock_down(con)
         try:
             result = con.execute(query)
         except duckdb.CatalogException as exc:

@@ -23,7 +23,7 @@ from lake.delta import DeltaLake
 from lake.object_store import ObjectStore
 from offline.intents import BuildIntent, dataset_fingerprint, dataset_identity, manifest_id
 from offline.replay import labels_at, transactions_at, with_pins
-from pipelines.features import LAST_UPDATE, TS, contributions, rolling_features
+from pipelines.features import LAST_UPDATE, TS, contributions, in_range_expr, rolling_features
 from pipelines.registry import GroupDef
 from pipelines.timefmt import format_ts
 from runtime.errors import TerminalError
@@ -67,6 +67,7 @@ def compute_dataset(lake: DeltaLake, intent: BuildIntent, label_basis: dict[str,
     for group in intent.groups:
         contribs = contributions(events, group, carry=(ROW_ID,))
         values = rolling_features(contribs, group, ROW_ID).drop(LAST_UPDATE)
+        values = values.with_columns([in_range_expr(f, values.schema[f]) for f in group.feature_names])
         values = values.rename({f: feature_column(group, f) for f in group.feature_names})
         rows = rows.join(values, on=ROW_ID, how="left")
     labels = latest_labels(with_pins(labels_at(lake, label_basis), intent.context_pins), intent.label_as_of_us)

@@ -10,7 +10,7 @@ import polars as pl
 import psycopg
 
 from pipelines.buckets import BUCKET, bucket_partials, bucket_plan, describe_plan, partial_columns
-from pipelines.features import KEY, contribution_schema
+from pipelines.features import KEY, SUM_CAP, contribution_schema
 from pipelines.registry import GroupDef, Registry, RegistryError
 
 PIN_COLUMNS = ("scenario_id", "run_id", "manifest_fingerprint", "parameter_hash")
@@ -44,7 +44,8 @@ def bucket_specs(conn: psycopg.Connection) -> dict[int, int]:
 
 def write_buckets(conn: psycopg.Connection, group: GroupDef, group_id: int, width_us: int,
                   partials: pl.DataFrame) -> int:
-    """Merge (scope_id, key_id, bucket, p0..pn) partials into the stored buckets (add sums, max maxes)."""
+    """Merge (scope_id, key_id, bucket, p0..pn) partials into the stored buckets (add counts and sums,
+    saturating at SUM_CAP as `saturating_add` does; max of maxes)."""
     if partials.is_empty():
         return 0
     columns = partial_columns(group, width_us)
@@ -55,10 +56,10 @@ def write_buckets(conn: psycopg.Connection, group: GroupDef, group_id: int, widt
         """INSERT INTO ofp_buckets AS t (scope_id, group_id, key_id, bucket, p)
            SELECT s, %s, k, b, a::bigint[] FROM unnest(%s::int[], %s::text[], %s::bigint[], %s::text[]) AS u(s, k, b, a)
            ON CONFLICT (scope_id, group_id, key_id, bucket) DO UPDATE SET p = ARRAY(
-               SELECT CASE WHEN m THEN GREATEST(x, y) ELSE x + y END
+               SELECT CASE WHEN m THEN GREATEST(x, y) ELSE LEAST(x + y, %s) END
                  FROM unnest(t.p, EXCLUDED.p, %s::boolean[]) WITH ORDINALITY AS v(x, y, m, i) ORDER BY i)""",
         (group_id, partials["scope_id"].to_list(), partials[KEY].to_list(), partials[BUCKET].to_list(), arrays,
-         is_max),
+         SUM_CAP, is_max),
     )
     return partials.height
 

@@ -20,10 +20,13 @@ from pipelines.features import (
     AS_OF,
     KEY,
     LAST_UPDATE,
+    SUM_CAP,
     TS,
     aggregate_expr,
     contribution_schema,
     derived_expr,
+    mean_of,
+    saturating_add,
     window_mask,
 )
 from pipelines.registry import FeatureDef, GroupDef, Where
@@ -166,15 +169,17 @@ def point_features_bucketed(raw: pl.DataFrame, buckets: pl.DataFrame, queries: p
             name = f"{f.name}__{i}"
             raw_aggs.append(_partial_expr(partial, edge).alias(name))
             column = pl.col(index[partial]).filter(inner)
-            bucket_aggs.append((column.max() if partial.kind == "max" else column.sum()).alias(f"{name}_b"))
+            # interior partials are each <= SUM_CAP and at most a few hundred: their plain sum fits Int64
+            merged = column.max() if partial.kind == "max" else pl.min_horizontal(column.sum(), SUM_CAP)
+            bucket_aggs.append(merged.alias(f"{name}_b"))
         if f.agg == "max":
             combine.append(pl.max_horizontal(f"{f.name}__0", f"{f.name}__0_b").alias(f.name))
         elif f.agg == "mean":
             count = pl.col(f"{f.name}__0") + pl.col(f"{f.name}__0_b")
-            total = (pl.col(f"{f.name}__1") + pl.col(f"{f.name}__1_b")).cast(pl.Float64)
-            combine.append(pl.when(count > 0).then(total / count.cast(pl.Float64)).otherwise(None).alias(f.name))
+            total = saturating_add(pl.col(f"{f.name}__1"), pl.col(f"{f.name}__1_b"))
+            combine.append(mean_of(total, count).alias(f.name))
         else:
-            combine.append((pl.col(f"{f.name}__0") + pl.col(f"{f.name}__0_b")).alias(f.name))
+            combine.append(saturating_add(pl.col(f"{f.name}__0"), pl.col(f"{f.name}__0_b")).alias(f.name))
     lookback = group.lookback_us
     if lookback >= 2 * width_us:
         raw_aggs.append(pl.col(TS).filter(_edge_mask(lookback, width_us).fill_null(False)).max().alias("_last"))

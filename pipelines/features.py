@@ -12,6 +12,8 @@ import polars as pl
 
 from pipelines.registry import DerivedDef, FeatureDef, GroupDef
 
+SUM_CAP = 2**53  # sums saturate here: amounts are >= 0, so a sum at the cap is beyond 2^53 - 1 (SPEC §4)
+MAX_EXACT_INT = SUM_CAP - 1  # the largest integer RFC 8785 carries exactly
 TS = "ts_us"
 KEY = "key_id"
 AS_OF = "as_of_us"
@@ -54,6 +56,48 @@ def _condition(feature: FeatureDef, in_window: pl.Expr) -> pl.Expr:
     return in_window & test
 
 
+def saturating_sum(values: pl.Expr) -> pl.Expr:
+    """Sum of non-negative integers, exact below SUM_CAP and SUM_CAP at or above it (never wrapping).
+
+    The Int64 sum is exact unless the true sum passes 2^63; the Float64 sum of the same values is
+    exact while below 2^53 and, being monotone, reaches 2^53 exactly when the true sum does.
+    """
+    exact = values.sum().cast(pl.Int64)
+    return pl.when(values.cast(pl.Float64).sum() >= float(SUM_CAP)).then(pl.lit(SUM_CAP, pl.Int64)).otherwise(exact)
+
+
+def saturating_add(left: pl.Expr, right: pl.Expr) -> pl.Expr:
+    """Merge two saturated sums (each <= SUM_CAP, so the addition cannot overflow)."""
+    return pl.min_horizontal(left + right, pl.lit(SUM_CAP, pl.Int64))
+
+
+def mean_of(total: pl.Expr, count: pl.Expr) -> pl.Expr:
+    """float(sum) / count; null for an empty window, NaN (served as null, VALUE_OUT_OF_RANGE) when
+    the sum itself is beyond 2^53 - 1."""
+    value = pl.when(total >= SUM_CAP).then(float("nan")).otherwise(total.cast(pl.Float64) / count.cast(pl.Float64))
+    return pl.when(count > 0).then(value).otherwise(None)
+
+
+def out_of_range(value: object) -> bool:
+    """A value with no exact JSON form (SPEC §4): an integer beyond 2^53 - 1, or the NaN a mean or
+    ratio takes when it is computed from such a sum."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value > MAX_EXACT_INT
+    return isinstance(value, float) and value != value
+
+
+def in_range_expr(column: str, dtype: pl.DataType) -> pl.Expr:
+    """`out_of_range` over a frame column (datasets): such values become null."""
+    col = pl.col(column)
+    if dtype.is_float():
+        return pl.when(col.is_nan()).then(None).otherwise(col).alias(column)
+    if dtype.is_integer():
+        return pl.when(col > MAX_EXACT_INT).then(None).otherwise(col).alias(column)
+    return col
+
+
 def aggregate_expr(feature: FeatureDef, in_window: pl.Expr) -> pl.Expr:
     """The aggregation of one feature over the rows where `in_window` holds (null counts as false)."""
     cond = _condition(feature, in_window).fill_null(False)
@@ -61,21 +105,23 @@ def aggregate_expr(feature: FeatureDef, in_window: pl.Expr) -> pl.Expr:
     if feature.agg == "count":
         expr = count
     elif feature.agg == "sum":
-        expr = pl.col(feature.field).filter(cond).sum().cast(pl.Int64)
+        expr = saturating_sum(pl.col(feature.field).filter(cond))
     elif feature.agg == "max":
         expr = pl.col(feature.field).filter(cond).max().cast(pl.Int64)
     elif feature.agg == "mean":
-        total = pl.col(feature.field).filter(cond).sum().cast(pl.Int64).cast(pl.Float64)
-        expr = pl.when(count > 0).then(total / count.cast(pl.Float64)).otherwise(None)
+        expr = mean_of(saturating_sum(pl.col(feature.field).filter(cond)), count)
     else:  # count_distinct
         expr = pl.col(feature.field).filter(cond).drop_nulls().n_unique().cast(pl.Int64)
     return expr.alias(feature.name)
 
 
 def derived_expr(derived: DerivedDef) -> pl.Expr:
-    num = pl.col(derived.numerator).cast(pl.Float64)
-    den = pl.col(derived.denominator)
-    return pl.when(den != 0).then(num / den.cast(pl.Float64)).otherwise(None).alias(derived.name)
+    """ratio = float(numerator) / float(denominator); null when the denominator is 0, NaN (out of
+    range) when either side is a sum beyond 2^53 - 1."""
+    num, den = pl.col(derived.numerator), pl.col(derived.denominator)
+    ratio = (pl.when((num >= SUM_CAP) | (den >= SUM_CAP)).then(float("nan"))
+             .otherwise(num.cast(pl.Float64) / den.cast(pl.Float64)))
+    return pl.when(den != 0).then(ratio).otherwise(None).alias(derived.name)
 
 
 def window_mask(width_us: int, as_of: pl.Expr | None = None) -> pl.Expr:

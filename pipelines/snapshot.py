@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 
 from pipelines.canonical import sha256_ref
-from pipelines.features import AS_OF, KEY, LAST_UPDATE
+from pipelines.features import AS_OF, KEY, LAST_UPDATE, out_of_range
 from pipelines.timefmt import US_PER_SECOND, format_ts
 from schemas.requests import CONTRACT_VERSION, FeatureRequest
 
@@ -68,9 +68,14 @@ def assemble(
             if group.key_type != key_type:
                 continue
             row = rows[(group.group_name, group.group_version, key_id)]  # type: ignore[index]
+            features = {name: row[name] for name in group.feature_names}
+            if any(out_of_range(v) for v in features.values()):  # SPEC §4: null, with a warning
+                features = {name: None if out_of_range(v) else v for name, v in features.items()}
+                warnings.append({"code": "VALUE_OUT_OF_RANGE", "key_type": key_type, "key_id": key_id,
+                                 "group_name": group.group_name, "group_version": group.group_version})
             by_group.append({
                 "group": {"group_name": group.group_name, "group_version": group.group_version},
-                "features": {name: row[name] for name in group.feature_names},
+                "features": features,
             })
             last = row[LAST_UPDATE]
             if last is None:

