@@ -23,34 +23,73 @@ def worst(*statuses: str) -> str:
     return max(statuses, key=ORDER.__getitem__) if statuses else "GREEN"
 
 
+FAILURE_WINDOW_SECONDS = 900  # a failure ledgered this recently means the ledger is growing
+CRASH_LOOP_RED = 3  # errors in a row on one partition that make it RED
+
+
 def consumer_health(app: Any, consumer: str, stream: str) -> dict[str, Any]:
-    """Counters, and lag plus event-time watermark age per partition, for one consumer of one stream."""
+    """Counters, and lag plus event-time watermark age per partition, for one consumer of one stream.
+
+    Never GREEN while a partition with waiting records is blocked by a corrupt record, keeps
+    failing, sits under a lapsed lease, has never been consumed or has not moved for a while, or
+    while the failure ledger grew in the last FAILURE_WINDOW_SECONDS.
+    """
     t = app.settings.health
     partitions = app.bus.partitions(stream)
     ends = app.bus.end_offsets(stream)
     with app.db.transaction() as conn:
         applied_basis = watermarks(conn, consumer, stream, partitions)
-        rows = conn.execute(
-            """SELECT k.partition, k.applied, k.duplicates, k.failures, k.last_event_ts_us,
-                      extract(epoch FROM now() - c.updated_at)::float8
-                 FROM consumer_counters k
-                 LEFT JOIN consumer_checkpoints c USING (consumer, stream, partition)
-                WHERE k.consumer = %s AND k.stream = %s""",
-            (consumer, stream),
-        ).fetchall()
-    by_partition = {int(r[0]): r[1:] for r in rows}
+        counters = {int(r[0]): r[1:] for r in conn.execute(
+            """SELECT partition, applied, duplicates, failures, last_event_ts_us FROM consumer_counters
+                WHERE consumer = %s AND stream = %s""", (consumer, stream))}
+        checkpoints = {int(r[0]): r[1:] for r in conn.execute(
+            """SELECT partition, extract(epoch FROM now() - updated_at)::float8, owner,
+                      lease_until IS NOT NULL AND lease_until < now()
+                 FROM consumer_checkpoints WHERE consumer = %s AND stream = %s""", (consumer, stream))}
+        blocks = {int(r[0]): r[1:] for r in conn.execute(
+            """SELECT partition, "offset", byte_start, byte_end, reason_code FROM consumer_blocks
+                WHERE consumer = %s AND stream = %s""", (consumer, stream))}
+        errors = {int(r[0]): r[1:] for r in conn.execute(
+            """SELECT partition, reason_code, in_a_row, extract(epoch FROM now() - last_at)::float8
+                 FROM consumer_errors WHERE consumer = %s AND stream = %s""", (consumer, stream))}
+        recent_failures = int(conn.execute(
+            """SELECT count(*) FROM apply_failures WHERE consumer = %s AND stream = %s
+                  AND recorded_at > now() - make_interval(secs => %s)""",
+            (consumer, stream, FAILURE_WINDOW_SECONDS)).fetchone()[0])
     now = time.time()
     detail: dict[str, Any] = {}
+    grades: list[str] = []
     applied = duplicates = failures = 0
     for p in partitions:
-        a, d, f, last_ts, checkpoint_age = by_partition.get(p, (0, 0, 0, None, None))
+        a, d, f, last_ts = counters.get(p, (0, 0, 0, None))
+        checkpoint_age, owner, lapsed = checkpoints.get(p, (None, None, False))
         applied, duplicates, failures = applied + int(a), duplicates + int(d), failures + int(f)
+        lag = (ends[p] - applied_basis[p]) if ends else None
+        problems: list[str] = []
+        if p in blocks:
+            offset, start, end, code = blocks[p]
+            problems.append(f"{code} at offset {offset}, bytes {start}-{end}: run `fp bus skip` after review")
+            grades.append("RED")
+        if p in errors:
+            code, in_a_row, _ = errors[p]
+            problems.append(f"{in_a_row} error(s) in a row, last {code}")
+            grades.append("RED" if in_a_row >= CRASH_LOOP_RED else "AMBER")
+        if lag:
+            if checkpoint_age is None:
+                problems.append("records waiting; no consumer has ever applied this partition")
+                grades.append("AMBER")
+            else:
+                if owner is not None and lapsed:
+                    problems.append(f"records waiting under a lapsed lease held by {owner}")
+                    grades.append("AMBER")
+                grades.append(_grade(checkpoint_age, t.watermark_age_seconds_amber, t.watermark_age_seconds_red))
         detail[str(p)] = {
             "watermark": applied_basis[p],
-            "lag_records": (ends[p] - applied_basis[p]) if ends else None,
+            "lag_records": lag,
             "event_time_watermark": None if last_ts is None else format_ts(int(last_ts)),
             "watermark_age_seconds": None if last_ts is None else max(0.0, now - int(last_ts) / US_PER_SECOND),
             "checkpoint_age_seconds": checkpoint_age,
+            "problems": problems,
         }
     total_lag = sum(d["lag_records"] for d in detail.values()) if ends else None
     seen = applied + duplicates + failures
@@ -60,20 +99,22 @@ def consumer_health(app: Any, consumer: str, stream: str) -> dict[str, Any]:
     status = worst(
         _grade(total_lag, t.lag_records_amber, t.lag_records_red),
         _grade(failure_rate, t.failure_rate_amber, t.failure_rate_red),
-        _grade(stalled, t.watermark_age_seconds_amber, t.watermark_age_seconds_red),
+        "AMBER" if recent_failures else "GREEN",
+        *grades,
     )
     return {
         "status": status, "events_applied": applied, "duplicates": duplicates, "apply_failures": failures,
-        "failure_rate": failure_rate, "lag_records_total": total_lag, "partitions": detail,
-        "stalled_seconds": stalled,
+        "apply_failures_recent": recent_failures, "failure_rate": failure_rate, "lag_records_total": total_lag,
+        "partitions": detail, "stalled_seconds": stalled,
         "note": "watermark age is wall clock minus event time (replayed history is old by design); status "
-                "grades lag, failure rate and how long a partition with waiting records has not advanced",
+                "grades lag, failures (rate, and any in the last 15 minutes), corrupt-record blocks, error "
+                "streaks, lapsed leases and how long a partition with waiting records has not advanced",
     }
 
 
 def archive_health(app: Any) -> dict[str, Any]:
-    """How far the Delta archive is behind the bus, per stream."""
-    from lake.archive import archive_progress
+    """How far the Delta archive is behind the bus, per stream; RED while a corrupt record blocks it."""
+    from lake.archive import CONSUMER, archive_progress
     from schemas.streams import STREAMS
 
     t = app.settings.health
@@ -82,8 +123,13 @@ def archive_health(app: Any) -> dict[str, Any]:
         ends = app.bus.end_offsets(stream) or {}
         progress = archive_progress(app.lake, stream)
         lag[stream] = sum(max(0, end - progress.get(p, 0)) for p, end in ends.items())
+    with app.db.transaction() as conn:
+        blocks = [f"{s}/{p} offset {o}, bytes {a}-{b}" for s, p, o, a, b in conn.execute(
+            """SELECT stream, partition, "offset", byte_start, byte_end FROM consumer_blocks
+                WHERE consumer = %s ORDER BY 1, 2""", (CONSUMER,))]
     total = sum(lag.values())
-    return {"status": _grade(total, t.lag_records_amber, t.lag_records_red), "lag_records": lag}
+    status = worst(_grade(total, t.lag_records_amber, t.lag_records_red), "RED" if blocks else "GREEN")
+    return {"status": status, "lag_records": lag, "blocked": blocks}
 
 
 def serving_health(app: Any) -> dict[str, Any]:
@@ -130,12 +176,21 @@ def context_health(app: Any) -> dict[str, Any]:
 
 
 def health_report(app: Any) -> dict[str, Any]:
+    """Every component graded on its own: one that cannot be read is RED with its reason code
+    (UNAVAILABLE for an unreachable dependency), never a traceback."""
+    checks = {"ofp_worker": lambda: consumer_health(app, "ofp", TRAFFIC), "serving": lambda: serving_health(app),
+              "archive": lambda: archive_health(app), "context": lambda: context_health(app)}
     components: dict[str, Any] = {}
-    try:
-        components["ofp_worker"] = consumer_health(app, "ofp", TRAFFIC)
-        components["serving"] = serving_health(app)
-        components["archive"] = archive_health(app)
-        components["context"] = context_health(app)
-    except FpError as exc:
-        return {"status": "RED", "components": {"postgres": {"status": "RED", "error": exc.reason_code}}}
+    for name, check in checks.items():
+        try:
+            components[name] = check()
+        except FpError as exc:
+            components[name] = {"status": "RED", "error": exc.reason_code, "message": exc.message[:300]}
+        except Exception as exc:  # an adapter's own error (storage, network): reported, never raised
+            from online.checkpoints import describe_error
+
+            _, what = describe_error(exc)
+            components[name] = {"status": "RED", "error": "UNAVAILABLE", "message": what}
+        if components[name].get("error") == "UNAVAILABLE" and name == "ofp_worker":
+            break  # Postgres is down: every other component would say the same
     return {"status": worst(*(c["status"] for c in components.values())), "components": components}

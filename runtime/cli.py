@@ -254,6 +254,33 @@ def cmd_context_frame(args: argparse.Namespace) -> int:
     return 0 if answer.get("readiness") == "READY" else 1
 
 
+def cmd_bus_skip(args: argparse.Namespace) -> int:
+    """Operator action: let every consumer pass one corrupt record (audited in operator_actions)."""
+    import getpass
+    import socket
+
+    from runtime.app import App
+    from schemas.streams import stream_spec
+
+    stream_spec(args.stream)
+    if not args.reason.strip():
+        raise TerminalError("INVALID_REQUEST", "--reason must say why the record may be skipped")
+    app = App()
+    app.init()
+    actor = f"{getpass.getuser()}@{socket.gethostname()}"
+    with app.db.transaction() as conn:  # the audit row commits only if the skip was written
+        start, end = app.bus.skip_corrupt(args.stream, args.partition, args.offset)
+        detail = {"byte_start": start, "byte_end": end}
+        conn.execute(
+            """INSERT INTO operator_actions (action, stream, partition, "offset", detail, actor, reason)
+               VALUES ('bus_skip', %s, %s, %s, %s, %s, %s)""",
+            (args.stream, args.partition, args.offset, json.dumps(detail), actor, args.reason[:1000]),
+        )
+    _print_json({"skipped": {"stream": args.stream, "partition": args.partition, "offset": args.offset, **detail},
+                 "actor": actor, "note": "every consumer now ledgers this position as CORRUPT_RECORD_SKIPPED"})
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from runtime.demo import run_demo
 
@@ -341,6 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lift the lockdown: let the query read or write files outside the lakes (local analysts)")
     p.add_argument("--table", action="store_true", help="print a table instead of JSON {columns, rows}")
     p.set_defaults(handler=cmd_sql)
+
+    p = sub.add_parser("bus", help="operator actions on the event bus")
+    bus = p.add_subparsers(dest="bus_command", required=True, metavar="SUBCOMMAND")
+    q = bus.add_parser("skip", help="let consumers pass one corrupt record (see `fp health` for its byte range); "
+                                    "audited, and refused when the record is intact")
+    q.add_argument("--stream", required=True)
+    q.add_argument("--partition", type=int, required=True)
+    q.add_argument("--offset", type=int, required=True)
+    q.add_argument("--reason", required=True, help="why it is safe to skip (kept in the audit)")
+    q.set_defaults(handler=cmd_bus_skip)
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded default; readable summary")
     p.add_argument("--transactions", type=int, default=2000)
