@@ -24,6 +24,7 @@ from lake.delta import DeltaLake
 from online.bus.base import BusCorrupt, EventBus
 from online.checkpoints import clear_blocks, record_block
 from runtime.errors import TerminalError, TransientError
+from runtime.faults import crash_point
 from runtime.postgres import Database
 
 ARCHIVE_SCHEMA = pa.schema([("partition", pa.int32()), ("offset", pa.int64()), ("value", pa.binary())])
@@ -116,13 +117,25 @@ class ArchiveWriter:
                 raise ArchiveConflict(f"the archive of {stream} moved under this writer; restart to resume")
             rows = pa.concat_tables(parts)
             marker = {str(p): o for p, o in sorted(new_progress.items())}
-            self.lake.append(table_name(stream), rows, marker=marker)
+            self.lake.append(table_name(stream), _crash_after_files(rows), marker=marker)
+            crash_point("archive_after_commit")
             progress = new_progress
             stats.commits += 1
             stats.records += rows.num_rows
             stats.per_stream[stream] = stats.per_stream.get(stream, 0) + rows.num_rows
             if self.on_progress:
                 self.on_progress(stream, rows.num_rows)
+
+
+def _crash_after_files(rows: pa.Table) -> pa.RecordBatchReader:
+    """The rows as a stream that passes the `archive_after_files` crash point once the writer has
+    consumed them all (data files written, the Delta commit not yet made)."""
+
+    def batches():
+        yield from rows.to_batches()
+        crash_point("archive_after_files")
+
+    return pa.RecordBatchReader.from_batches(rows.schema, batches())
 
 
 def read_basis(lake: DeltaLake, stream: str, basis: dict[int, int]) -> pa.Table:

@@ -27,6 +27,7 @@ from pipelines.buckets import bucket_partials
 from pipelines.events import decode_transactions, first_positions
 from pipelines.features import KEY, TS, contributions
 from pipelines.registry import GroupDef, Registry
+from runtime.faults import commit_or_crash, crash_point
 from runtime.postgres import Database
 from schemas.streams import TRAFFIC
 
@@ -73,6 +74,7 @@ class OfpWorker:
     def apply_batch(self, lease: Lease, records: list[tuple[int, int, bytes]], next_offset: int,
                     stats: WorkerStats) -> Lease:
         frame, failures = decode_transactions(records)
+        crash_point("ofp_after_read")
         unique = first_positions(frame)
         in_batch_dupes = frame.height - unique.height
         with self.db.transaction() as conn:
@@ -99,10 +101,14 @@ class OfpWorker:
                     if gid in widths:
                         write_buckets(conn, group, gid, widths[gid],
                                       bucket_partials(part, group, widths[gid], by=("scope_id",)))
+            crash_point("ofp_after_state_write")
             last_ts = int(fresh[TS].max()) if not fresh.is_empty() else None
             bump_counters(conn, CONSUMER, TRAFFIC, lease.partition, applied=fresh.height, duplicates=duplicates,
                           failures=len(failures), last_ts_us=last_ts)
             lease = advance(conn, lease, next_offset)
+            crash_point("ofp_before_commit")
+            commit_or_crash(conn, "ofp_commit_unknown")
+        crash_point("ofp_after_commit")
         stats.batches += 1
         stats.applied += fresh.height
         stats.duplicates += duplicates

@@ -57,7 +57,7 @@ def test_crash_between_file_write_and_commit_leaves_nothing_visible(app, monkeyp
 
     def crashing_append(self, name, data, marker=None, marker_key="fp.progress"):
         def batches():
-            yield from data.to_batches()
+            yield from (data.to_batches() if isinstance(data, pa.Table) else data)
             raise RuntimeError("crash after the data files, before the commit")
 
         original(self, name, pa.RecordBatchReader.from_batches(data.schema, batches()), marker, marker_key)
