@@ -37,7 +37,7 @@ def partitions_behind(app: Any) -> list[str]:
             """SELECT consumer, stream, partition, owner, lease_until > now() FROM consumer_checkpoints
                 WHERE owner IS NOT NULL""")}
         blocks = {(c, s, int(p)): d for c, s, p, d in conn.execute(
-            "SELECT consumer, stream, partition, detail FROM consumer_blocks")}
+            "SELECT consumer, stream, partition, reason_code || ' ' || detail FROM consumer_blocks")}
         pairs = [(OFP_CONSUMER, TRAFFIC)] + [(CONTEXT_CONSUMER, s) for s in CONTEXT_STREAMS]
         for consumer, stream in pairs:
             ends = app.bus.end_offsets(stream) or {}

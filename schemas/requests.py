@@ -8,7 +8,7 @@ from typing import Any
 from pipelines.registry import GroupDef, Registry
 from pipelines.timefmt import TimestampError, format_ts, parse_rfc3339
 from runtime.errors import RejectedEvent, TerminalError
-from schemas.envelope import KEY_TYPES, is_entity_id, validate_pins
+from schemas.envelope import EVENT_ID, KEY_TYPES, is_entity_id, validate_pins
 
 CONTRACT_VERSION = "ofp_public_contracts_v0"
 MAX_KEYS = 100
@@ -63,8 +63,8 @@ def parse_request(raw: object, registry: Registry) -> FeatureRequest:
     except TimestampError as exc:
         raise InvalidRequest(f"as_of_time_utc: {exc}") from None
     request_id = raw.get("request_id")
-    if request_id is not None and (not isinstance(request_id, str) or not 1 <= len(request_id) <= 128):
-        raise InvalidRequest("request_id must be a string of 1-128 characters")
+    if request_id is not None and (not isinstance(request_id, str) or not EVENT_ID.fullmatch(request_id)):
+        raise InvalidRequest("request_id must be 1-128 chars of [A-Za-z0-9._:-]")
 
     keys_raw = raw.get("feature_keys")
     if not isinstance(keys_raw, list) or not 1 <= len(keys_raw) <= MAX_KEYS:

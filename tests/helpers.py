@@ -72,3 +72,19 @@ def kill_9_repeatedly(app: Any, fp_home: Any, script: str, delays: tuple[float, 
         time.sleep(delay)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def run_fp(app: Any, fp_home: Any, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None,
+           timeout: float = 180) -> tuple[int, str, str]:
+    """Run the real `fp` command on the app's database and FP_HOME; (exit code, stdout, stderr)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    full_env = {**os.environ, "FP_PG_DSN": app.db.dsn.reveal(), "FP_HOME": str(fp_home), "PYTHONPATH": str(root),
+                **(env or {})}
+    done = subprocess.run([sys.executable, "-m", "runtime.cli", *args], env=full_env, cwd=root, input=stdin,
+                          capture_output=True, timeout=timeout)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
