@@ -22,7 +22,7 @@ ERROR_KEYS = {"kind", "contract_version", "error_code", "message", "retryable"}
 
 def _error(stdout: str) -> dict:
     body = json.loads(stdout)
-    assert body["kind"] == "error_response" and ERROR_KEYS <= set(body), body
+    assert body["kind"] == "error_response" and set(body) >= ERROR_KEYS, body
     return body
 
 
