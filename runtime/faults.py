@@ -1,8 +1,9 @@
 """Labelled crash points for the fault matrix (tests/faults, bench/faults.py).
 
 `FP_CRASH_AT=<label>[:<n>]` makes the process SIGKILL itself the n-th time (default 1st) it passes
-`crash_point(label)`: a real kill -9 at an exact place, not a simulated exception. Unset (always,
-outside fault runs) a crash point costs one dict lookup.
+`crash_point(label)`: a real kill -9 at an exact place, not a simulated exception.
+`FP_PAUSE_AT=<label>` makes it SIGSTOP itself there once (a zombie, resumed later with SIGCONT).
+Unset (always, outside fault runs) a crash point costs a comparison and a dict lookup.
 """
 
 from __future__ import annotations
@@ -21,13 +22,19 @@ LABELS = (
     "archive_after_commit",     # Delta commit made, before the next batch
 )
 
+_pause = os.environ.get("FP_PAUSE_AT", "")  # SIGSTOP here once: a zombie to resume with SIGCONT
 _spec = os.environ.get("FP_CRASH_AT", "")
 _label, _, _nth = _spec.partition(":")
 _remaining = {_label: int(_nth or "1")} if _label else {}
 
 
 def crash_point(label: str) -> None:
-    """SIGKILL this process here when FP_CRASH_AT names `label` (on its n-th pass)."""
+    """SIGKILL this process here when FP_CRASH_AT names `label` (on its n-th pass); SIGSTOP it
+    (once) when FP_PAUSE_AT names it."""
+    global _pause
+    if label == _pause:
+        _pause = ""
+        os.kill(os.getpid(), signal.SIGSTOP)
     if label in _remaining:
         _remaining[label] -= 1
         if _remaining[label] == 0:

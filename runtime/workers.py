@@ -70,30 +70,45 @@ def run_workers(app: Any, *, until_idle: bool, poll_seconds: float = 1.0,
     archived = ArchiveStats()
     deadline = time.monotonic() + timeout_seconds
     while True:
-        before = (stats.batches, stats.failures, context_stats.batches, archived.commits)
-        ofp.run_until_idle(stats)
-        context.run_until_idle(context_stats)
-        with contextlib.suppress(*TRANSIENT_ERRORS):  # the archive resumes from its marker next pass
-            archive.archive_all(list(STREAMS), archived)
-        flushed = flush_outbox(app.db, app.store, app.lake)
-        idle = (stats.batches, stats.failures, context_stats.batches, archived.commits) == before
-        if context_stats.batches != before[2]:
-            write_reconciliations(app)
-        if until_idle:
-            if idle:
-                behind = partitions_behind(app)
-                if not behind:
-                    break
-                if time.monotonic() > deadline:
-                    raise WorkerTimeout(behind, timeout_seconds)
-                time.sleep(min(poll_seconds, 0.5))
-        elif idle and not flushed:
-            time.sleep(poll_seconds)
+        try:
+            if _one_pass(app, ofp, context, archive, stats, context_stats, archived, until_idle, poll_seconds):
+                break
+        except TRANSIENT_ERRORS:  # Postgres restarting, the network: the same pass is retried
+            if until_idle and time.monotonic() > deadline:
+                raise
+            time.sleep(min(poll_seconds, 0.5))
+            continue
+        if until_idle and time.monotonic() > deadline:
+            raise WorkerTimeout(partitions_behind(app), timeout_seconds)
     exported = export_audit(app.db, app.lake)
     summary = asdict(stats)
     summary["per_partition"] = {str(k): v for k, v in sorted(stats.per_partition.items())}
     return {"ofp": summary, "context": asdict(context_stats), "archive": asdict(archived),
             "audit_exported": exported}
+
+
+def _one_pass(app: Any, ofp: OfpWorker, context: ContextWorker, archive: ArchiveWriter, stats: WorkerStats,
+              context_stats: ContextStats, archived: ArchiveStats, until_idle: bool, poll_seconds: float) -> bool:
+    """Drain every consumer once; True when `until_idle` is satisfied (every partition at its end)."""
+    before = (stats.batches, stats.failures, context_stats.batches, archived.commits)
+    ofp.run_until_idle(stats)
+    context.run_until_idle(context_stats)
+    with contextlib.suppress(*TRANSIENT_ERRORS):  # the archive resumes from its marker next pass
+        archive.archive_all(list(STREAMS), archived)
+    flushed = 0
+    with contextlib.suppress(*TRANSIENT_ERRORS):  # an object-store outage: the outbox keeps the snapshots
+        flushed = flush_outbox(app.db, app.store, app.lake)
+    idle = (stats.batches, stats.failures, context_stats.batches, archived.commits) == before
+    if context_stats.batches != before[2]:
+        write_reconciliations(app)
+    if until_idle:
+        if idle:
+            if not partitions_behind(app):
+                return True
+            time.sleep(min(poll_seconds, 0.5))
+    elif idle and not flushed:
+        time.sleep(poll_seconds)
+    return False
 
 
 def write_reconciliations(app: Any) -> list[dict[str, Any]]:

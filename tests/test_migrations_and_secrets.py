@@ -58,10 +58,14 @@ def test_sentinel_password_never_reaches_output_or_artifacts(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "runtime.cli", *argv], input="{}", capture_output=True,
                               text=True, env=env, cwd=REPO, timeout=120)
         outputs.append(proc.stdout + proc.stderr)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, argv
+        body = json.loads(proc.stdout)  # errors are JSON a program can read
+        if argv == ["health"]:  # RED, naming the unreachable dependency
+            assert body["status"] == "RED" and body["components"]["ofp_worker"]["error"] == "UNAVAILABLE"
+        else:  # the error_response shape, retryable: a dependency is down
+            assert (body["kind"], body["error_code"], body["retryable"]) == ("error_response", "UNAVAILABLE", True)
     joined = "\n".join(outputs)
     assert sentinel not in joined
-    assert "UNAVAILABLE" in joined or "error" in joined
     for path in home.rglob("*") if home.exists() else []:
         if path.is_file():
             assert sentinel.encode() not in path.read_bytes()
-    json.loads(outputs[0].strip().splitlines()[-1])  # errors are JSON a program can read

@@ -9,8 +9,9 @@ the exclusive-next offset of a record is its sequence number + 1.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from online.bus.base import BusRecord, ReadBatch, partition_for
@@ -20,6 +21,21 @@ from schemas.streams import stream_spec
 
 PUT_BATCH = 500
 PUT_ATTEMPTS = 8
+
+
+def _unavailable_on_network_errors(method: Callable) -> Callable:
+    """botocore's connection and credential errors become `Unavailable` (retryable, no traceback)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            return method(*args, **kwargs)
+        except BotoCoreError as exc:
+            raise Unavailable(f"kinesis is unreachable ({type(exc).__name__})") from None
+
+    return wrapper
 
 
 def kinesis_client(settings: KinesisBus) -> Any:
@@ -32,6 +48,7 @@ class KinesisEventBus:
         self.partition_count = partitions
         self._shards: dict[str, list[dict[str, Any]]] = {}
 
+    @_unavailable_on_network_errors
     def ensure_stream(self, stream: str) -> None:
         stream_spec(stream)
         with contextlib.suppress(self.client.exceptions.ResourceInUseException):
@@ -55,9 +72,11 @@ class KinesisEventBus:
             self._shards[stream] = shards
         return self._shards[stream]
 
+    @_unavailable_on_network_errors
     def partitions(self, stream: str) -> list[int]:
         return list(range(len(self._shard_list(stream))))
 
+    @_unavailable_on_network_errors
     def append(self, stream: str, items: Sequence[tuple[str, bytes]]) -> list[tuple[int, int]]:
         shards = self._shard_list(stream)
         index_of = {s["ShardId"]: i for i, s in enumerate(shards)}
@@ -88,6 +107,7 @@ class KinesisEventBus:
                 raise Unavailable(f"kinesis kept refusing {len(pending)} records on {stream}")
         return positions
 
+    @_unavailable_on_network_errors
     def read(self, stream: str, partition: int, from_offset: int, max_records: int) -> ReadBatch:
         shards = self._shard_list(stream)
         if not 0 <= partition < len(shards):
@@ -110,6 +130,7 @@ class KinesisEventBus:
         caught_up = not records or (result.get("MillisBehindLatest", 0) == 0 and len(records) < max_records)
         return ReadBatch(records, next_offset, caught_up)
 
+    @_unavailable_on_network_errors
     def end_offsets(self, stream: str) -> dict[int, int] | None:
         return None
 
