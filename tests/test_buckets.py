@@ -14,13 +14,14 @@ from online.admission import Publisher
 from online.ofp_state import OfpStateReader
 from online.ofp_worker import OfpWorker
 from pipelines.buckets import bucket_partials, point_features_bucketed, raw_intervals
-from pipelines.features import AS_OF, KEY, TS, contributions, point_features
+from pipelines.features import AS_OF, KEY, LAST_UPDATE, TS, contributions, point_features
 from schemas.streams import TRAFFIC
 from tests import reference
 from tests.helpers import T0, S, lines, request, serve, txn
 
 H = 3600 * S
 REGISTRY = default_registry()
+KEY_PREFIX = {"account_id": "a", "card_id": "c", "customer_id": "u", "merchant_id": "m", "device_id": "d"}
 
 
 def _frame(rng: random.Random, n: int) -> pl.DataFrame:
@@ -43,13 +44,14 @@ def test_bucketed_evaluation_equals_the_definition(seed, width_hours, n):
     rng = random.Random(seed)
     frame = _frame(rng, n)
     width = width_hours * H
+    windows_with_data = dict.fromkeys((g.group_name for g in REGISTRY.all()), 0)
     for group in REGISTRY.all():
         contribs = contributions(frame, group) if n else pl.DataFrame(
             schema={KEY: pl.String(), TS: pl.Int64(), **{f: pl.Int64() if f == "amount_minor" else pl.String()
                                                           for f in group.fields}})
         buckets = bucket_partials(contribs, group, width)
         for _ in range(4):
-            key = f"{group.key_field[0]}{rng.randrange(2)}"
+            key = f"{KEY_PREFIX[group.key_field]}{rng.randrange(2)}"
             as_of = T0 + rng.randrange(0, 10 * 24 * H)
             if rng.random() < 0.4:
                 as_of = as_of // width * width + rng.choice([-1, 0, 1])
@@ -61,6 +63,9 @@ def test_bucketed_evaluation_equals_the_definition(seed, width_hours, n):
             raw = contribs.filter((pl.col(KEY) == key) & inside)
             expected = point_features(contribs, query, group)
             assert point_features_bucketed(raw, buckets, query, group, width).equals(expected), group.ref
+            windows_with_data[group.group_name] += expected[LAST_UPDATE][0] is not None
+    if n >= 200:  # the keys asked for are keys that have events: no group is only ever tested empty
+        assert all(windows_with_data[g.group_name] for g in REGISTRY.all()), windows_with_data
 
 
 

@@ -27,30 +27,35 @@ def test_schemas_are_valid_json_schema():
         Draft202012Validator.check_schema(json.loads(path.read_text()))
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda e: None,
-    lambda e: e.update(schema_version="v2"),
-    lambda e: e.pop("seed"),
-    lambda e: e.update(seed=-1),
-    lambda e: e.update(event_id="has space"),
-    lambda e: e["context_pins"].update(run_id=".."),
-    lambda e: e.update(ts_utc="2026-01-03 12:00"),
-    lambda e: e.update(extra=1),
-    lambda e: e["payload"].update(card_id="4111111111111111"),
-    lambda e: e["payload"].update(amount_minor=-5),
-    lambda e: e["payload"].update(channel="atm"),
-    lambda e: e["payload"].update(device_id=None),
-    lambda e: e["payload"].pop("currency"),
-    lambda e: e["payload"].update(unknown_field="kept"),
-    lambda e: e.update(event_type="flow_anchor"),
-    lambda e: e.update(event_type="arrival_event"),
-    lambda e: e.update(event_type="label_assertion", payload={
+@pytest.mark.parametrize(("mutate", "valid"), [
+    (lambda e: None, True),
+    (lambda e: e.update(schema_version="v2"), False),
+    (lambda e: e.pop("seed"), False),
+    (lambda e: e.update(seed=-1), False),
+    (lambda e: e.update(seed=2**63), False),
+    (lambda e: e.update(seed=2**63 - 1), True),
+    (lambda e: e.update(event_id="has space"), False),
+    (lambda e: e["context_pins"].update(run_id=".."), False),
+    (lambda e: e.update(ts_utc="2026-01-03 12:00"), False),
+    (lambda e: e.update(extra=1), False),
+    (lambda e: e["payload"].update(card_id="4111111111111111"), False),
+    (lambda e: e["payload"].update(amount_minor=-5), False),
+    (lambda e: e["payload"].update(amount_minor=2**53), False),
+    (lambda e: e["payload"].update(amount_minor=2**53 - 1), True),
+    (lambda e: e["payload"].update(channel="atm"), False),
+    (lambda e: e["payload"].update(device_id=None), True),
+    (lambda e: e["payload"].pop("currency"), False),
+    (lambda e: e["payload"].update(unknown_field="kept"), True),
+    (lambda e: e.update(event_type="flow_anchor"), True),  # its fields are there; the rest are kept
+    (lambda e: e.update(event_type="arrival_event"), True),
+    (lambda e: e.update(event_type="label_assertion", payload={
         "flow_id": "f1", "label": "fraud", "effective_time": "2026-01-01T00:00:00Z",
-        "observed_time": e["ts_utc"]}),
-    lambda e: e.update(event_type="label_assertion", payload={"flow_id": "f1", "label": "maybe",
-                                                              "effective_time": "x", "observed_time": e["ts_utc"]}),
+        "observed_time": e["ts_utc"]}), True),
+    (lambda e: e.update(event_type="label_assertion", payload={"flow_id": "f1", "label": "maybe",
+                                                               "effective_time": "x", "observed_time": e["ts_utc"]}),
+     False),
 ])
-def test_envelope_schema_agrees_with_validator(mutate):
+def test_envelope_schema_agrees_with_validator(mutate, valid):
     event = copy.deepcopy(txn(1, T0))
     mutate(event)
     schema_ok = validator("envelope.schema.json").is_valid(event)
@@ -59,7 +64,7 @@ def test_envelope_schema_agrees_with_validator(mutate):
         code_ok = True
     except RejectedEvent:
         code_ok = False
-    assert schema_ok == code_ok
+    assert (schema_ok, code_ok) == (valid, valid)
 
 
 def test_request_and_error_examples_match_their_schemas():
@@ -102,20 +107,21 @@ def _intent() -> dict:
             "observation_scope": {"ts_from_utc": "2026-01-03T00:00:00Z", "ts_to_utc": "2026-01-04T00:00:00Z"}}
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda i: None,
-    lambda i: i.pop("observation_scope"),
-    lambda i: i.pop("label_as_of_utc"),
-    lambda i: i.update(intent_kind="train"),
-    lambda i: i.update(request_id="a/b"),
-    lambda i: i["replay_basis"]["watermark_basis"].update({"0": -1}),
-    lambda i: i["replay_basis"].update(stream_name="fp.bus.labels.v1"),
-    lambda i: i.update(replay_basis={"stream_name": "fp.bus.traffic.fraud.v1", "watermark_basis": {}}),
-    lambda i: i.update(label_as_of_utc="yesterday"),
-    lambda i: i.update(surprise=True),
-    lambda i: i.update(intent_kind="parity_rebuild") or i.pop("observation_scope"),
+@pytest.mark.parametrize(("mutate", "valid"), [
+    (lambda i: None, True),
+    (lambda i: i.pop("observation_scope"), False),
+    (lambda i: i.pop("label_as_of_utc"), False),
+    (lambda i: i.update(intent_kind="train"), False),
+    (lambda i: i.update(request_id="a/b"), False),
+    (lambda i: i.update(request_id="r1\n"), False),
+    (lambda i: i["replay_basis"]["watermark_basis"].update({"0": -1}), False),
+    (lambda i: i["replay_basis"].update(stream_name="fp.bus.labels.v1"), False),
+    (lambda i: i.update(replay_basis={"stream_name": "fp.bus.traffic.fraud.v1", "watermark_basis": {}}), False),
+    (lambda i: i.update(label_as_of_utc="yesterday"), False),
+    (lambda i: i.update(surprise=True), False),
+    (lambda i: i.update(intent_kind="parity_rebuild") or i.pop("observation_scope"), True),
 ])
-def test_build_intent_schema_agrees_with_parse_intent(mutate):
+def test_build_intent_schema_agrees_with_parse_intent(mutate, valid):
     from config import default_registry
     from offline.intents import IntentRejected, parse_intent
 
@@ -127,4 +133,4 @@ def test_build_intent_schema_agrees_with_parse_intent(mutate):
         code_ok = True
     except IntentRejected:
         code_ok = False
-    assert schema_ok == code_ok
+    assert (schema_ok, code_ok) == (valid, valid)
