@@ -290,7 +290,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fp", description="featureplane: online and offline feature planes for fraud decisions.",
-        epilog="Environment: FP_HOME (default ./.fp), FP_PROFILE (default local), FP_PG_DSN.",
+        epilog="Environment: FP_HOME (default ./.fp), FP_PROFILE (default local), FP_PG_DSN, FP_S3_ENDPOINT_URL, "
+               "FP_S3_BUCKET, FP_KINESIS_ENDPOINT_URL, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / "
+               "AWS_SESSION_TOKEN / AWS_DEFAULT_REGION, FP_LEASE_SECONDS (default 30). Errors print a JSON "
+               "error_response; exit 0 success, 1 partial, 2 could not run.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
