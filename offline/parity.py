@@ -26,7 +26,7 @@ from offline.replay import transactions_at, with_pins
 from online.snapshot_store import object_key
 from pipelines.features import AS_OF, KEY, contributions, point_features
 from pipelines.registry import Registry
-from pipelines.snapshot import assemble, hashed_payload, snapshot_hash
+from pipelines.snapshot import assemble, hashed_payload, snapshot_hash, values_from_frames
 from runtime.errors import FpError
 from runtime.postgres import Database
 from schemas.requests import CONTRACT_VERSION, FeatureRequest, parse_request
@@ -95,7 +95,8 @@ def rebuild_batch(lake: DeltaLake, registry: Registry, basis: dict[str, Any], pi
         evaluated = point_features(contribs, query_frame, group)
         by_as_of[ref] = {key[0]: part for key, part in evaluated.partition_by(AS_OF, as_dict=True).items()}
     return [
-        assemble(request, {g.ref: by_as_of[g.ref][request.as_of_us] for g in request.groups}, basis)
+        assemble(request, values_from_frames(request, {g.ref: by_as_of[g.ref][request.as_of_us]
+                                                       for g in request.groups}), basis)
         for request in requests
     ]
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import polars as pl
 import psycopg
 
+from pipelines.algebra import SUM_CAP
 from pipelines.buckets import BUCKET, bucket_partials, bucket_plan, describe_plan, partial_columns
-from pipelines.features import KEY, SUM_CAP, contribution_schema
+from pipelines.features import KEY, contribution_schema
 from pipelines.registry import GroupDef, Registry, RegistryError
 
 PIN_COLUMNS = ("scenario_id", "run_id", "manifest_fingerprint", "parameter_hash")

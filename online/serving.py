@@ -10,15 +10,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import polars as pl
 import psycopg
 
 from online.bus.base import EventBus
 from online.checkpoints import WATERMARKS_SQL, basis_from_rows
 from online.ofp_state import CONSUMER, OfpStateReader, bucket_specs, register_groups
-from pipelines.buckets import bucket_range, point_features_bucketed, raw_intervals
-from pipelines.features import AS_OF, KEY, point_features
 from pipelines.registry import Registry
+from pipelines.serving_sql import GroupQuery, decode_rows, plan_serving
 from pipelines.snapshot import assemble, error_response, input_basis
 from runtime.errors import FpError, Unavailable
 from runtime.postgres import Database
@@ -81,35 +79,16 @@ class FeatureServer:
                 raise _NotFound("nothing has been applied for these context pins")
             if self._widths is None:  # specs are only ever added; a group without one is served raw
                 self._widths = bucket_specs(conn)
-            as_of = request.as_of_us
-            pending = []
-            with conn.pipeline():  # one round trip for the basis and every group's inputs
+            queries = [GroupQuery(g, tuple(k for kt, k in request.keys if kt == g.key_type),
+                                  self._widths.get(reader.group_ids[g.ref])) for g in request.groups]
+            plan = plan_serving(queries, scope_id, reader.group_ids, request.as_of_us)
+            with conn.pipeline():  # one round trip: the basis and every group, in one snapshot
                 basis_cur = conn.execute(WATERMARKS_SQL, (CONSUMER, TRAFFIC))
-                for group in request.groups:
-                    key_ids = [key_id for key_type, key_id in request.keys if key_type == group.key_type]
-                    width = self._widths.get(reader.group_ids[group.ref])
-                    if width is None:
-                        spans = [(as_of - group.lookback_us, as_of)]
-                        bucket_cur = None
-                    else:  # hot-key path: stored buckets for window interiors, raw rows at the edges
-                        spans = raw_intervals(group, as_of, width)
-                        bucket_cur = reader.start_buckets(conn, scope_id, group, key_ids,
-                                                          *bucket_range(group, as_of, width))
-                    raw_cur = reader.start_contributions(conn, scope_id, group, key_ids, spans)
-                    pending.append((group, key_ids, width, raw_cur, bucket_cur))
+                values_cur = conn.cursor()
+                values_cur.execute(plan.sql, plan.params)
             basis = input_basis(TRAFFIC, basis_from_rows(basis_cur.fetchall(), self.partitions))
-            lazy = []
-            for group, key_ids, width, raw_cur, bucket_cur in pending:
-                queries = pl.DataFrame({KEY: key_ids, AS_OF: [as_of] * len(key_ids)},
-                                       schema={KEY: pl.String(), AS_OF: pl.Int64()})
-                raw = reader.contribution_frame(raw_cur, group)
-                if width is None or bucket_cur is None:
-                    lazy.append(point_features(raw, queries, group, lazy=True))
-                else:
-                    buckets = reader.bucket_frame(bucket_cur, group, width)
-                    lazy.append(point_features_bucketed(raw, buckets, queries, group, width, lazy=True))
-            frames = {g.ref: f for (g, *_), f in zip(pending, pl.collect_all(lazy), strict=True)}
-            response = assemble(request, frames, basis, {"registry_digest": self.registry.digest})
+            values = decode_rows(plan, values_cur.fetchall())
+            response = assemble(request, values, basis, {"registry_digest": self.registry.digest})
             digest = response["snapshot"]["feature_snapshot_hash"]
             warnings = response["provenance"]["warnings"]
             conn.execute(

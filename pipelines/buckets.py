@@ -12,10 +12,9 @@ and windows shorter than two buckets, are computed from raw events.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import polars as pl
 
+from pipelines.algebra import Partial, partials_of
 from pipelines.features import (
     AS_OF,
     KEY,
@@ -26,39 +25,17 @@ from pipelines.features import (
     contribution_schema,
     derived_expr,
     mean_of,
+    partial_expr,
     saturating_add,
     window_mask,
 )
-from pipelines.registry import FeatureDef, GroupDef, Where
+from pipelines.registry import FeatureDef, GroupDef
 
 BUCKET = "bucket"
 
 
-@dataclass(frozen=True)
-class Partial:
-    """One stored partial aggregate: `kind` over `field` of the rows where `where` holds."""
-
-    kind: str  # "count" | "sum" | "max"
-    field: str | None
-    where: Where | None
-
-    @property
-    def additive(self) -> bool:
-        return self.kind != "max"
-
-
 def uses_buckets(feature: FeatureDef, width_us: int) -> bool:
     return feature.agg != "count_distinct" and feature.window_us >= 2 * width_us
-
-
-def _partials_of(feature: FeatureDef) -> list[Partial]:
-    if feature.agg == "count":
-        return [Partial("count", None, feature.where)]
-    if feature.agg == "sum":
-        return [Partial("sum", feature.field, feature.where)]
-    if feature.agg == "max":
-        return [Partial("max", feature.field, feature.where)]
-    return [Partial("count", None, feature.where), Partial("sum", feature.field, feature.where)]  # mean
 
 
 LAST_TS = Partial("max", TS, None)
@@ -70,16 +47,8 @@ def bucket_plan(group: GroupDef, width_us: int) -> tuple[Partial, ...]:
     plan: list[Partial] = []
     for feature in group.features:
         if uses_buckets(feature, width_us):
-            plan.extend(p for p in _partials_of(feature) if p not in plan)
+            plan.extend(p for p in partials_of(feature) if p not in plan)
     return (*plan, LAST_TS)
-
-
-def _partial_expr(partial: Partial, mask: pl.Expr) -> pl.Expr:
-    probe = FeatureDef("_", "count" if partial.kind == "count" else partial.kind, "0s", 0,  # type: ignore[arg-type]
-                       partial.field, partial.where)
-    if partial.field == TS:
-        return pl.col(TS).filter(mask.fill_null(False)).max()
-    return aggregate_expr(probe, mask)
 
 
 def partial_columns(group: GroupDef, width_us: int) -> list[str]:
@@ -103,7 +72,7 @@ def bucket_partials(contribs: pl.DataFrame, group: GroupDef, width_us: int,
         contribs.lazy()
         .with_columns((pl.col(TS) // width_us).alias(BUCKET))
         .group_by(*by, KEY, BUCKET)
-        .agg([_partial_expr(p, every).cast(pl.Int64).alias(f"p{i}") for i, p in enumerate(plan)])
+        .agg([partial_expr(p, every).cast(pl.Int64).alias(f"p{i}") for i, p in enumerate(plan)])
         .sort(*by, KEY, BUCKET)
         .collect()
     )
@@ -165,9 +134,9 @@ def point_features_bucketed(raw: pl.DataFrame, buckets: pl.DataFrame, queries: p
             combine.append(pl.col(f.name))
             continue
         edge, inner = _edge_mask(f.window_us, width_us), _interior_mask(f.window_us, width_us).fill_null(False)
-        for i, partial in enumerate(_partials_of(f)):
+        for i, partial in enumerate(partials_of(f)):
             name = f"{f.name}__{i}"
-            raw_aggs.append(_partial_expr(partial, edge).alias(name))
+            raw_aggs.append(partial_expr(partial, edge).alias(name))
             column = pl.col(index[partial]).filter(inner)
             # interior partials are each <= SUM_CAP and at most a few hundred: their plain sum fits Int64
             merged = column.max() if partial.kind == "max" else pl.min_horizontal(column.sum(), SUM_CAP)
@@ -207,7 +176,7 @@ def _additive_columns(group: GroupDef, width_us: int) -> list[str]:
     out = []
     for f in group.features:
         if uses_buckets(f, width_us):
-            for i, partial in enumerate(_partials_of(f)):
+            for i, partial in enumerate(partials_of(f)):
                 if partial.additive:
                     out += [f"{f.name}__{i}", f"{f.name}__{i}_b"]
     return out

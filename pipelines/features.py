@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipelines.registry import DerivedDef, FeatureDef, GroupDef
+from pipelines.algebra import MAX_EXACT_INT, SUM_CAP, Partial, partials_of
+from pipelines.registry import DerivedDef, FeatureDef, GroupDef, Where
 
-SUM_CAP = 2**53  # sums saturate here: amounts are >= 0, so a sum at the cap is beyond 2^53 - 1 (SPEC §4)
-MAX_EXACT_INT = SUM_CAP - 1  # the largest integer RFC 8785 carries exactly
 TS = "ts_us"
 KEY = "key_id"
 AS_OF = "as_of_us"
@@ -48,11 +47,11 @@ def contributions(transactions: pl.DataFrame, group: GroupDef, carry: tuple[str,
     )
 
 
-def _condition(feature: FeatureDef, in_window: pl.Expr) -> pl.Expr:
-    if feature.where is None:
+def _condition(where: Where | None, in_window: pl.Expr) -> pl.Expr:
+    if where is None:
         return in_window
-    column = pl.col(feature.where.field)
-    test = column == feature.where.value if feature.where.op == "equal" else column != feature.where.value
+    column = pl.col(where.field)
+    test = column == where.value if where.op == "equal" else column != where.value
     return in_window & test
 
 
@@ -78,16 +77,6 @@ def mean_of(total: pl.Expr, count: pl.Expr) -> pl.Expr:
     return pl.when(count > 0).then(value).otherwise(None)
 
 
-def out_of_range(value: object) -> bool:
-    """A value with no exact JSON form (SPEC §4): an integer beyond 2^53 - 1, or the NaN a mean or
-    ratio takes when it is computed from such a sum."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return value > MAX_EXACT_INT
-    return isinstance(value, float) and value != value
-
-
 def in_range_expr(column: str, dtype: pl.DataType) -> pl.Expr:
     """`out_of_range` over a frame column (datasets): such values become null."""
     col = pl.col(column)
@@ -98,21 +87,29 @@ def in_range_expr(column: str, dtype: pl.DataType) -> pl.Expr:
     return col
 
 
+def partial_expr(partial: Partial, in_window: pl.Expr) -> pl.Expr:
+    """An algebra partial in polars, over the rows where `in_window` holds (null counts as false)."""
+    cond = _condition(partial.where, in_window).fill_null(False)
+    if partial.kind == "count":
+        return cond.sum().cast(pl.Int64)
+    values = pl.col(partial.field).filter(cond)
+    if partial.kind == "sum":
+        return saturating_sum(values)
+    if partial.kind == "max":
+        return values.max().cast(pl.Int64)
+    return values.drop_nulls().n_unique().cast(pl.Int64)
+
+
+def finalize_expr(feature: FeatureDef, partials: list[pl.Expr]) -> pl.Expr:
+    """`algebra.finalize` in polars."""
+    if feature.agg == "mean":
+        return mean_of(partials[1], partials[0])
+    return partials[0]
+
+
 def aggregate_expr(feature: FeatureDef, in_window: pl.Expr) -> pl.Expr:
-    """The aggregation of one feature over the rows where `in_window` holds (null counts as false)."""
-    cond = _condition(feature, in_window).fill_null(False)
-    count = cond.sum().cast(pl.Int64)
-    if feature.agg == "count":
-        expr = count
-    elif feature.agg == "sum":
-        expr = saturating_sum(pl.col(feature.field).filter(cond))
-    elif feature.agg == "max":
-        expr = pl.col(feature.field).filter(cond).max().cast(pl.Int64)
-    elif feature.agg == "mean":
-        expr = mean_of(saturating_sum(pl.col(feature.field).filter(cond)), count)
-    else:  # count_distinct
-        expr = pl.col(feature.field).filter(cond).drop_nulls().n_unique().cast(pl.Int64)
-    return expr.alias(feature.name)
+    """The aggregation of one feature over the rows where `in_window` holds: its partials, finalized."""
+    return finalize_expr(feature, [partial_expr(p, in_window) for p in partials_of(feature)]).alias(feature.name)
 
 
 def derived_expr(derived: DerivedDef) -> pl.Expr:

@@ -10,8 +10,9 @@ from typing import Any
 
 import polars as pl
 
+from pipelines.algebra import out_of_range
 from pipelines.canonical import sha256_ref
-from pipelines.features import AS_OF, KEY, LAST_UPDATE, out_of_range
+from pipelines.features import AS_OF, KEY, LAST_UPDATE
 from pipelines.timefmt import US_PER_SECOND, format_ts
 from schemas.requests import CONTRACT_VERSION, FeatureRequest
 
@@ -45,20 +46,27 @@ def input_basis(stream_name: str, watermarks: dict[int, int]) -> dict[str, Any]:
     return {"stream_name": stream_name, "watermark_basis": {str(p): watermarks[p] for p in sorted(watermarks)}}
 
 
+GroupValues = dict[tuple[str, str, str], dict[str, Any]]  # (group, version, key_id) -> features + last_update_us
+
+
+def values_from_frames(request: FeatureRequest, group_frames: dict[tuple[str, str], pl.DataFrame]) -> GroupValues:
+    """Polars group frames (columns key_id, as_of_us, features..., last_update_us) -> `GroupValues`."""
+    rows: GroupValues = {}
+    for group in request.groups:
+        frame = group_frames[group.ref]
+        for row in frame.filter(pl.col(AS_OF) == request.as_of_us).iter_rows(named=True):
+            rows[(group.group_name, group.group_version, row[KEY])] = row
+    return rows
+
+
 def assemble(
     request: FeatureRequest,
-    group_frames: dict[tuple[str, str], pl.DataFrame],
+    rows: GroupValues,
     basis: dict[str, Any],
     extra_provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build the success response. `group_frames[ref]` has one row per requested key of its type
-    (columns key_id, as_of_us, features..., last_update_us)."""
+    """Build the success response from the finished values of every requested (group, key)."""
     as_of = request.as_of_us
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for group in request.groups:
-        frame = group_frames[group.ref]
-        for row in frame.filter(pl.col(AS_OF) == as_of).iter_rows(named=True):
-            rows[(group.group_name, group.group_version, row[KEY])] = row  # type: ignore[index]
     by_key: list[dict[str, Any]] = []
     freshness: list[dict[str, Any]] = []
     warnings: list[dict[str, Any]] = []
@@ -67,7 +75,7 @@ def assemble(
         for group in request.groups:
             if group.key_type != key_type:
                 continue
-            row = rows[(group.group_name, group.group_version, key_id)]  # type: ignore[index]
+            row = rows[(group.group_name, group.group_version, key_id)]
             features = {name: row[name] for name in group.feature_names}
             if any(out_of_range(v) for v in features.values()):  # SPEC §4: null, with a warning
                 features = {name: None if out_of_range(v) else v for name, v in features.items()}

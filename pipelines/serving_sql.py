@@ -1,0 +1,181 @@
+"""Serving, planned: one SQL statement, generated from the algebra, that computes every requested
+(group, key) inside Postgres; and the decoding of its rows into finished feature values.
+
+Pure: builds text and parameters, reads rows handed to it; the online plane executes. Each group
+contributes one SELECT returning `(group_index, key_id, partials bigint[])`, the partials in
+`partials_of` order per feature and the last update time at the end. Hot-key groups (with stored
+bucket partials) read raw rows only at the window edges and merge the interior buckets in SQL with
+the same merge rule (`Partial.merge`): add and cap for sums, add for counts, max for maxes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipelines.algebra import (
+    SUM_CAP,
+    Partial,
+    edge_spans,
+    finalize,
+    finalize_derived,
+    interior_buckets,
+    partials_of,
+    window_bounds,
+)
+from pipelines.buckets import LAST_TS, bucket_plan, raw_intervals, uses_buckets
+from pipelines.registry import FeatureDef, GroupDef
+
+RAW = "c"  # alias of the contributions relation in generated SQL
+
+
+@dataclass(frozen=True)
+class GroupQuery:
+    group: GroupDef
+    key_ids: tuple[str, ...]
+    bucket_us: int | None  # None: raw rows only
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    sql: str
+    params: list[Any]
+    groups: tuple[GroupQuery, ...]
+
+
+def _span_sql(spans: Sequence[tuple[int, int]], column: str = f"{RAW}.ts_us") -> str:
+    terms = [f"({column} > {int(lo)} AND {column} <= {int(hi)})" for lo, hi in spans]
+    return "(" + " OR ".join(terms) + ")" if terms else "false"
+
+
+def _where_sql(partial: Partial, params: list[Any]) -> str:
+    if partial.where is None:
+        return ""
+    params.append(partial.where.value)
+    op = "=" if partial.where.op == "equal" else "<>"
+    return f" AND {RAW}.\"{partial.where.field}\" {op} %s"
+
+
+def _raw_partial_sql(partial: Partial, condition: str, params: list[Any]) -> str:
+    """One partial over the raw rows where `condition` holds (the algebra's partial, in SQL)."""
+    cond = condition + _where_sql(partial, params)
+    if partial.kind == "count":
+        return f"count(*) FILTER (WHERE {cond})"
+    column = f"{RAW}.\"{partial.field}\""
+    if partial.kind == "sum":  # sum(bigint) is numeric in Postgres: exact, then saturated
+        return f"LEAST(COALESCE(sum({column}) FILTER (WHERE {cond}), 0), {SUM_CAP})"
+    if partial.kind == "max":
+        return f"max({column}) FILTER (WHERE {cond})"
+    return f"count(DISTINCT {column}) FILTER (WHERE {cond})"
+
+
+def _merge_sql(partial: Partial, raw: str, stored: str) -> str:
+    """`Partial.merge` in SQL (the stored side is null when no interior bucket exists)."""
+    if partial.kind == "max":
+        return f"GREATEST({raw}, {stored})"
+    if partial.kind == "sum":
+        return f"LEAST({raw} + COALESCE({stored}, 0), {SUM_CAP})"
+    return f"{raw} + COALESCE({stored}, 0)"
+
+
+def _raw_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: int, as_of: int,
+                   params: list[Any]) -> str:
+    group = query.group
+    lo, hi = window_bounds(as_of, group.lookback_us)
+    columns = []
+    for feature in group.features:
+        condition = _span_sql([window_bounds(as_of, feature.window_us)])
+        columns += [_raw_partial_sql(p, condition, params) for p in partials_of(feature)]
+    columns.append(f"max({RAW}.ts_us)")
+    params += [list(query.key_ids), scope_id, group_id]
+    return (f"SELECT {index} AS g, k.key AS key_id, ARRAY[{', '.join(columns)}]::bigint[] AS p "
+            f"FROM unnest(%s::text[]) AS k(key) LEFT JOIN ofp_contributions {RAW} "
+            f"ON {RAW}.scope_id = %s AND {RAW}.group_id = %s AND {RAW}.key_id = k.key "
+            f"AND {RAW}.ts_us > {lo} AND {RAW}.ts_us <= {hi} GROUP BY k.key")
+
+
+def _bucketed_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: int, as_of: int,
+                        params: list[Any]) -> str:
+    group, width = query.group, query.bucket_us
+    assert width is not None
+    plan = bucket_plan(group, width)
+    raw_columns: list[str] = []
+    stored_columns: list[str] = []
+    merged: list[str] = []
+    n = 0
+
+    def add(partial: Partial, feature_window: int, bucketed: bool) -> None:
+        nonlocal n
+        spans = edge_spans(as_of, feature_window, width) if bucketed else [window_bounds(as_of, feature_window)]
+        raw_columns.append(_raw_partial_sql(partial, _span_sql(spans), params) + f" AS r{n}")
+        if bucketed:
+            k_lo, k_hi = interior_buckets(as_of, feature_window, width)
+            slot = plan.index(partial) + 1  # Postgres arrays are 1-based
+            agg = "max" if partial.kind == "max" else "sum"
+            stored_columns.append(f"{agg}(b.p[{slot}]) FILTER (WHERE b.bucket BETWEEN {k_lo} AND {k_hi}) AS s{n}")
+            merged.append(_merge_sql(partial, f"r.r{n}", f"s.s{n}"))
+        else:
+            merged.append(f"r.r{n}")
+        n += 1
+
+    for feature in group.features:
+        for partial in partials_of(feature):
+            add(partial, feature.window_us, uses_buckets(feature, width))
+    add(LAST_TS, group.lookback_us, group.lookback_us >= 2 * width)
+    first, last = _bucket_range(group, as_of, width)
+    spans = raw_intervals(group, as_of, width)
+    params += [list(query.key_ids), scope_id, group_id]
+    raw = (f"SELECT k.key, {', '.join(raw_columns)} FROM unnest(%s::text[]) AS k(key) "
+           f"LEFT JOIN LATERAL (SELECT * FROM ofp_contributions {RAW} WHERE {RAW}.scope_id = %s "
+           f"AND {RAW}.group_id = %s AND {RAW}.key_id = k.key AND {_span_sql(spans)} OFFSET 0) {RAW} ON true "
+           "GROUP BY k.key")
+    if stored_columns:
+        params += [list(query.key_ids), scope_id, group_id]
+        stored = (f"SELECT b.key_id, {', '.join(stored_columns)} FROM ofp_buckets b "
+                  f"WHERE b.key_id = ANY(%s::text[]) AND b.scope_id = %s AND b.group_id = %s "
+                  f"AND b.bucket BETWEEN {first} AND {last} GROUP BY b.key_id")
+        source = f"({raw}) r LEFT JOIN ({stored}) s ON s.key_id = r.key"
+    else:
+        source = f"({raw}) r"
+    return f"SELECT {index} AS g, r.key AS key_id, ARRAY[{', '.join(merged)}]::bigint[] AS p FROM {source}"
+
+
+def _bucket_range(group: GroupDef, as_of: int, width: int) -> tuple[int, int]:
+    longest = max(group.lookback_us, *(f.window_us for f in group.features))
+    return interior_buckets(as_of, longest, width)
+
+
+def plan_serving(queries: Sequence[GroupQuery], scope_id: int, group_ids: dict[tuple[str, str], int],
+                 as_of: int) -> ServingPlan:
+    """One statement for every requested group: a UNION ALL of one SELECT per group."""
+    params: list[Any] = []
+    parts = []
+    for index, query in enumerate(queries):
+        gid = group_ids[query.group.ref]
+        build = _raw_group_sql if query.bucket_us is None else _bucketed_group_sql
+        parts.append(build(index, query, scope_id, gid, as_of, params))
+    return ServingPlan(" UNION ALL ".join(parts), params, tuple(queries))
+
+
+def decode_rows(plan: ServingPlan, rows: Sequence[tuple[int, str, list[int | None]]]
+                ) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Rows of a plan -> {(group_name, group_version, key_id): {feature: value, ..., "last_update_us"}}."""
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for index, key_id, partials in rows:
+        group = plan.groups[index].group
+        values: dict[str, Any] = {}
+        at = 0
+        for feature in group.features:
+            width = len(partials_of(feature))
+            values[feature.name] = finalize(feature, _typed(feature, partials[at:at + width]))
+            at += width
+        for derived in group.derived:
+            values[derived.name] = finalize_derived(derived, values)
+        values["last_update_us"] = partials[at]
+        out[(group.group_name, group.group_version, key_id)] = values
+    return out
+
+
+def _typed(feature: FeatureDef, values: Sequence[int | None]) -> list[int | None]:
+    return [None if v is None else int(v) for v in values]
