@@ -16,18 +16,9 @@ import polars as pl
 
 from pipelines.algebra import Partial, partials_of
 from pipelines.features import (
-    AS_OF,
     KEY,
-    LAST_UPDATE,
-    SUM_CAP,
     TS,
-    aggregate_expr,
-    contribution_schema,
-    derived_expr,
-    mean_of,
     partial_expr,
-    saturating_add,
-    window_mask,
 )
 from pipelines.registry import FeatureDef, GroupDef
 
@@ -96,91 +87,5 @@ def raw_intervals(group: GroupDef, as_of_us: int, width_us: int) -> list[tuple[i
     return merged
 
 
-def bucket_range(group: GroupDef, as_of_us: int, width_us: int) -> tuple[int, int]:
-    """Inclusive bucket indexes that may be interior to some window of the group."""
-    longest = max(group.lookback_us, *(f.window_us for f in group.features))
-    return (as_of_us - longest + 1 + width_us - 1) // width_us, (as_of_us + 1) // width_us - 1
-
-
-def _bounds(width: int, width_us: int) -> tuple[pl.Expr, pl.Expr]:
-    k_lo = (pl.col(AS_OF) - width + 1 + width_us - 1) // width_us
-    k_hi = (pl.col(AS_OF) + 1) // width_us - 1
-    return k_lo, k_hi
-
-
-def _edge_mask(width: int, width_us: int) -> pl.Expr:
-    k_lo, k_hi = _bounds(width, width_us)
-    return window_mask(width) & ((pl.col(TS) < k_lo * width_us) | (pl.col(TS) >= (k_hi + 1) * width_us))
-
-
-def _interior_mask(width: int, width_us: int) -> pl.Expr:
-    k_lo, k_hi = _bounds(width, width_us)
-    return (pl.col(BUCKET) >= k_lo) & (pl.col(BUCKET) <= k_hi)
-
-
-def point_features_bucketed(raw: pl.DataFrame, buckets: pl.DataFrame, queries: pl.DataFrame, group: GroupDef,
-                            width_us: int, lazy: bool = False) -> pl.DataFrame | pl.LazyFrame:
-    """Same result as `point_features(all contributions, queries, group)`, from the raw rows in
-    `raw_intervals` and the stored bucket partials (columns key_id, bucket, p0..pn)."""
-    plan = bucket_plan(group, width_us)
-    index = {p: f"p{i}" for i, p in enumerate(plan)}
-    queries = queries.select(pl.col(KEY).cast(pl.String), pl.col(AS_OF).cast(pl.Int64)).unique()
-    raw_aggs: list[pl.Expr] = []
-    bucket_aggs: list[pl.Expr] = []
-    combine: list[pl.Expr] = []
-    for f in group.features:
-        if not uses_buckets(f, width_us):
-            raw_aggs.append(aggregate_expr(f, window_mask(f.window_us)))
-            combine.append(pl.col(f.name))
-            continue
-        edge, inner = _edge_mask(f.window_us, width_us), _interior_mask(f.window_us, width_us).fill_null(False)
-        for i, partial in enumerate(partials_of(f)):
-            name = f"{f.name}__{i}"
-            raw_aggs.append(partial_expr(partial, edge).alias(name))
-            column = pl.col(index[partial]).filter(inner)
-            # interior partials are each <= SUM_CAP and at most a few hundred: their plain sum fits Int64
-            merged = column.max() if partial.kind == "max" else pl.min_horizontal(column.sum(), SUM_CAP)
-            bucket_aggs.append(merged.alias(f"{name}_b"))
-        if f.agg == "max":
-            combine.append(pl.max_horizontal(f"{f.name}__0", f"{f.name}__0_b").alias(f.name))
-        elif f.agg == "mean":
-            count = pl.col(f"{f.name}__0") + pl.col(f"{f.name}__0_b")
-            total = saturating_add(pl.col(f"{f.name}__1"), pl.col(f"{f.name}__1_b"))
-            combine.append(mean_of(total, count).alias(f.name))
-        else:
-            combine.append(saturating_add(pl.col(f"{f.name}__0"), pl.col(f"{f.name}__0_b")).alias(f.name))
-    lookback = group.lookback_us
-    if lookback >= 2 * width_us:
-        raw_aggs.append(pl.col(TS).filter(_edge_mask(lookback, width_us).fill_null(False)).max().alias("_last"))
-        inner = _interior_mask(lookback, width_us).fill_null(False)
-        bucket_aggs.append(pl.col(index[LAST_TS]).filter(inner).max().alias("_last_b"))
-        combine.append(pl.max_horizontal("_last", "_last_b").alias(LAST_UPDATE))
-    else:
-        raw_aggs.append(pl.col(TS).filter(window_mask(lookback).fill_null(False)).max().alias(LAST_UPDATE))
-        combine.append(pl.col(LAST_UPDATE))
-    typed_raw = raw.lazy().select([pl.col(c).cast(t) for c, t in contribution_schema(group).items()])
-    raw_part = queries.lazy().join(typed_raw, on=KEY, how="left").group_by(KEY, AS_OF).agg(raw_aggs)
-    schema = {KEY: pl.String(), BUCKET: pl.Int64(), **{c: pl.Int64() for c in index.values()}}
-    bucket_frame = buckets.select([pl.col(c).cast(t) for c, t in schema.items()])
-    bucket_part = queries.lazy().join(bucket_frame.lazy(), on=KEY, how="left").group_by(KEY, AS_OF).agg(bucket_aggs)
-    result = raw_part.join(bucket_part, on=[KEY, AS_OF], how="left").with_columns(
-        [pl.col(c).fill_null(0) for c in _additive_columns(group, width_us)]
-    ).with_columns(combine)
-    if group.derived:
-        result = result.with_columns([derived_expr(d) for d in group.derived])
-    result = result.select(KEY, AS_OF, *group.feature_names, LAST_UPDATE).sort(KEY, AS_OF)
-    return result if lazy else result.collect()
-
-
-def _additive_columns(group: GroupDef, width_us: int) -> list[str]:
-    out = []
-    for f in group.features:
-        if uses_buckets(f, width_us):
-            for i, partial in enumerate(partials_of(f)):
-                if partial.additive:
-                    out += [f"{f.name}__{i}", f"{f.name}__{i}_b"]
-    return out
-
-
-__all__ = ["BUCKET", "Partial", "bucket_partials", "bucket_plan", "bucket_range", "partial_columns",
-           "point_features_bucketed", "raw_intervals", "uses_buckets"]
+__all__ = ["BUCKET", "Partial", "bucket_partials", "bucket_plan", "partial_columns", "raw_intervals",
+           "uses_buckets"]
