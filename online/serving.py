@@ -35,6 +35,7 @@ class FeatureServer:
         self._reader: OfpStateReader | None = None
         self._widths: dict[int, int] | None = None
         self._scopes: dict[tuple[tuple[str, str], ...], int] = {}
+        self._provenance = {"registry_digest": registry.digest}  # computed once, not per request
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -72,37 +73,32 @@ class FeatureServer:
         conn = self._connection()
         reader = self._reader
         assert reader is not None  # set with the connection
+        scope_id = self._scope_id(conn, reader, request.context_pins)  # scopes are never deleted
+        if scope_id is None:
+            raise _NotFound("nothing has been applied for these context pins")
+        if self._widths is None:  # specs are only ever added; a group without one is served raw
+            self._widths = bucket_specs(conn)
+        queries = [GroupQuery(g, tuple(k for kt, k in request.keys if kt == g.key_type),
+                              self._widths.get(reader.group_ids[g.ref])) for g in request.groups]
+        plan = plan_serving(queries, scope_id, reader.group_ids, request.as_of_us)
         try:
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            scope_id = self._scope_id(conn, reader, request.context_pins)
-            if scope_id is None:
-                raise _NotFound("nothing has been applied for these context pins")
-            if self._widths is None:  # specs are only ever added; a group without one is served raw
-                self._widths = bucket_specs(conn)
-            queries = [GroupQuery(g, tuple(k for kt, k in request.keys if kt == g.key_type),
-                                  self._widths.get(reader.group_ids[g.ref])) for g in request.groups]
-            plan = plan_serving(queries, scope_id, reader.group_ids, request.as_of_us)
-            with conn.pipeline():  # one round trip: the basis and every group, in one snapshot
+            with conn.pipeline():  # round trip 1: one snapshot, the basis and every group read in it
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
                 basis_cur = conn.execute(WATERMARKS_SQL, (CONSUMER, TRAFFIC))
                 values_cur = conn.cursor()
                 values_cur.execute(plan.sql, plan.params)
             basis = input_basis(TRAFFIC, basis_from_rows(basis_cur.fetchall(), self.partitions))
-            values = decode_rows(plan, values_cur.fetchall())
-            response = assemble(request, values, basis, {"registry_digest": self.registry.digest})
-            digest = response["snapshot"]["feature_snapshot_hash"]
+            response = assemble(request, decode_rows(plan, values_cur.fetchall()), basis, self._provenance)
             warnings = response["provenance"]["warnings"]
-            conn.execute(
-                """WITH outbox AS (INSERT INTO snapshot_outbox (snapshot_hash, response) VALUES (%s, %s)
-                                   ON CONFLICT DO NOTHING)
-                   INSERT INTO serve_counters (name, value)
-                   SELECT * FROM unnest(%s::text[], %s::bigint[])
-                   ON CONFLICT (name) DO UPDATE SET value = serve_counters.value + EXCLUDED.value""",
-                (digest, json.dumps(response, sort_keys=True),
-                 ["snapshots_built", "groups_served", "stale_groups", "no_data_groups"],
-                 [1, len(response["provenance"]["freshness"]),
-                  sum(w["code"] == "STALE_GROUP" for w in warnings), sum(w["code"] == "NO_DATA" for w in warnings)]),
-            )
-            conn.execute("COMMIT")
+            with conn.pipeline():  # round trip 2: the response is durable before it is returned
+                conn.execute(
+                    """INSERT INTO snapshot_outbox (snapshot_hash, response, groups_served, stale_groups,
+                                                    no_data_groups)
+                       VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+                    (response["snapshot"]["feature_snapshot_hash"], json.dumps(response, sort_keys=True),
+                     len(response["provenance"]["freshness"]), sum(w["code"] == "STALE_GROUP" for w in warnings),
+                     sum(w["code"] == "NO_DATA" for w in warnings)))
+                conn.execute("COMMIT")
             return response
         except BaseException:
             if not conn.closed:

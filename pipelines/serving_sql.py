@@ -88,11 +88,12 @@ def _raw_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: int, 
         condition = _span_sql([window_bounds(as_of, feature.window_us)])
         columns += [_raw_partial_sql(p, condition, params) for p in partials_of(feature)]
     columns.append(f"max({RAW}.ts_us)")
-    params += [list(query.key_ids), scope_id, group_id]
-    return (f"SELECT {index} AS g, k.key AS key_id, ARRAY[{', '.join(columns)}]::bigint[] AS p "
-            f"FROM unnest(%s::text[]) AS k(key) LEFT JOIN ofp_contributions {RAW} "
-            f"ON {RAW}.scope_id = %s AND {RAW}.group_id = %s AND {RAW}.key_id = k.key "
-            f"AND {RAW}.ts_us > {lo} AND {RAW}.ts_us <= {hi} GROUP BY k.key")
+    params += [scope_id, group_id, list(query.key_ids)]
+    # keys without rows in the window return no row: `decode_rows` gives them the empty partials
+    return (f"SELECT {index} AS g, {RAW}.key_id, ARRAY[{', '.join(columns)}]::bigint[] AS p "
+            f"FROM ofp_contributions {RAW} WHERE {RAW}.scope_id = %s AND {RAW}.group_id = %s "
+            f"AND {RAW}.key_id = ANY(%s::text[]) AND {RAW}.ts_us > {lo} AND {RAW}.ts_us <= {hi} "
+            f"GROUP BY {RAW}.key_id")
 
 
 def _bucketed_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: int, as_of: int,
@@ -162,19 +163,31 @@ def decode_rows(plan: ServingPlan, rows: Sequence[tuple[int, str, list[int | Non
                 ) -> dict[tuple[str, str, str], dict[str, Any]]:
     """Rows of a plan -> {(group_name, group_version, key_id): {feature: value, ..., "last_update_us"}}."""
     out: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for index, key_id, partials in rows:
-        group = plan.groups[index].group
-        values: dict[str, Any] = {}
-        at = 0
-        for feature in group.features:
-            width = len(partials_of(feature))
-            values[feature.name] = finalize(feature, _typed(feature, partials[at:at + width]))
-            at += width
-        for derived in group.derived:
-            values[derived.name] = finalize_derived(derived, values)
-        values["last_update_us"] = partials[at]
-        out[(group.group_name, group.group_version, key_id)] = values
+    found = {(index, key_id): partials for index, key_id, partials in rows}
+    for index, query in enumerate(plan.groups):
+        for key_id in query.key_ids:
+            partials = found.get((index, key_id)) or _empty_partials(query.group)
+            out[(query.group.group_name, query.group.group_version, key_id)] = _finish(query.group, partials)
     return out
+
+
+def _empty_partials(group: GroupDef) -> list[int | None]:
+    """The partials of an empty window (a key with no rows in it), in plan order."""
+    return [p.empty() for f in group.features for p in partials_of(f)] + [None]
+
+
+def _finish(group: GroupDef, partials: Sequence[int | None]) -> dict[str, Any]:
+    """Finished feature values (and last_update_us) of one (group, key) from its partials."""
+    values: dict[str, Any] = {}
+    at = 0
+    for feature in group.features:
+        width = len(partials_of(feature))
+        values[feature.name] = finalize(feature, _typed(feature, partials[at:at + width]))
+        at += width
+    for derived in group.derived:
+        values[derived.name] = finalize_derived(derived, values)
+    values["last_update_us"] = partials[at]
+    return values
 
 
 def _typed(feature: FeatureDef, values: Sequence[int | None]) -> list[int | None]:

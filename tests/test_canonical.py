@@ -1,0 +1,29 @@
+"""The fast canonical-JSON path is byte-identical to the `rfc8785` package (RFC 8785)."""
+
+from __future__ import annotations
+
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipelines.canonical import jcs, sha256_ref
+
+text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12)
+scalars = (st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1)
+           | st.floats(allow_nan=False, allow_infinity=False) | text)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5)
+                      | st.dictionaries(st.text(st.characters(max_codepoint=127), max_size=8), inner, max_size=5),
+                      max_leaves=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(values)
+def test_fast_path_equals_rfc8785(value):
+    assert jcs(value) == rfc8785.dumps(value)
+
+
+def test_known_vectors_and_fallbacks():
+    assert jcs({"b": 1, "a": [1.5, 100.0, 1e21, 1e-7, -0.0]}) == b'{"a":[1.5,100,1e+21,1e-7,0],"b":1}'
+    # non-ASCII keys (UTF-16 order) and integers past 2^53 take the reference implementation itself
+    assert jcs({"\U0001f600": 1, "\ufb01": 2}) == rfc8785.dumps({"\U0001f600": 1, "\ufb01": 2})
+    assert sha256_ref({"a": 1}) == "sha256:015abd7f5cc57a2dd94b7590f04ad8084273905ee33ec5cebeae62276a97f862"
