@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 from online.bus.base import EventBus
 from runtime.errors import RejectedEvent
 from runtime.postgres import Database
-from schemas.envelope import normalize_event
+from schemas.envelope import may_hold_forbidden_text, normalize_event
 from schemas.streams import stream_spec
 
 CHUNK = 2000
@@ -166,7 +166,7 @@ class Publisher:
                 quarantined.append(Quarantined(line_no, "MALFORMED_JSON", "line is not valid JSON", line))
                 continue
             try:
-                event = normalize_event(raw)
+                event = normalize_event(raw, text_checked=not may_hold_forbidden_text(line))
                 if event["event_type"] != event_type:
                     raise RejectedEvent(
                         "STREAM_EVENT_TYPE_MISMATCH", f"stream {stream} carries {event_type} events only"

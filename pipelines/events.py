@@ -11,7 +11,7 @@ import polars as pl
 
 from pipelines.timefmt import parse_rfc3339
 from runtime.errors import RejectedEvent
-from schemas.envelope import normalize_event
+from schemas.envelope import may_hold_forbidden_text, normalize_event
 from schemas.frames import LABEL_SCHEMA, TRANSACTION_SCHEMA, LabelFrame, TransactionFrame, invalid_rows
 
 SKIPPED_RECORD = b""  # what a bus delivers at a corrupt position an operator skipped (`fp bus skip`)
@@ -31,7 +31,7 @@ def decode_event(value: bytes, event_type: str) -> dict[str, Any]:
     if value == SKIPPED_RECORD:
         raise RejectedEvent("CORRUPT_RECORD_SKIPPED", "the stored record was corrupt; an operator skipped it")
     try:
-        event = normalize_event(json.loads(value))
+        event = normalize_event(json.loads(value), text_checked=not may_hold_forbidden_text(value))
     except (ValueError, RecursionError):
         raise RejectedEvent("MALFORMED_RECORD", "record is not JSON") from None
     if event["event_type"] != event_type:

@@ -24,6 +24,9 @@ SCHEMA_VERSION = "v1"
 MAX_SIGNED_64 = 2**63 - 1  # seed, arrival_seq: what a bigint column holds
 MAX_EXACT_INT = 2**53 - 1  # amount_minor: what an IEEE double (and RFC 8785) carries exactly
 FORBIDDEN_TEXT = re.compile(r"[\x00\ud800-\udfff]")  # NUL and unpaired surrogates: no store can hold them
+# in JSON text, such characters can only come from these escapes (raw NUL is invalid JSON, and UTF-8
+# cannot carry a surrogate): text without them parses to strings that need no scan
+FORBIDDEN_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 ENVELOPE_FIELDS = (
     "event_id", "event_type", "schema_version", "ts_utc", "context_pins", "seed", "platform_run_id", "payload"
 )
@@ -128,14 +131,23 @@ def _check_payload_field(event_type: str, name: str, kind: str, value: Any) -> A
     return value
 
 
-def normalize_event(raw: object) -> dict[str, Any]:
+def may_hold_forbidden_text(json_text: str | bytes) -> bool:
+    """False when JSON text cannot parse to a string holding NUL or a surrogate (see FORBIDDEN_ESCAPE)."""
+    if isinstance(json_text, bytes):
+        return b"\\u" in json_text and FORBIDDEN_ESCAPE.search(json_text.decode("utf-8", "replace")) is not None
+    return "\\u" in json_text and FORBIDDEN_ESCAPE.search(json_text) is not None
+
+
+def normalize_event(raw: object, *, text_checked: bool = False) -> dict[str, Any]:
     """Validate one envelope and return it normalised (canonical UTC timestamps).
 
     Raises `RejectedEvent` with a stable reason code. Unknown payload fields are kept.
+    `text_checked`: the caller parsed it from JSON text that `may_hold_forbidden_text` cleared.
     """
     if not isinstance(raw, dict):
         raise _reject("NOT_AN_OBJECT", "an event must be a JSON object")
-    check_text(raw)
+    if not text_checked:
+        check_text(raw)
     for name in ENVELOPE_FIELDS:
         if name not in raw:
             raise _reject("MISSING_FIELD", f"{name} is missing")
