@@ -11,7 +11,7 @@ import psycopg
 
 from pipelines.algebra import SUM_CAP
 from pipelines.buckets import BUCKET, bucket_partials, bucket_plan, describe_plan, partial_columns
-from pipelines.features import KEY, contribution_schema
+from pipelines.features import KEY, TS, contribution_schema
 from pipelines.registry import GroupDef, Registry, RegistryError
 
 PIN_COLUMNS = ("scenario_id", "run_id", "manifest_fingerprint", "parameter_hash")
@@ -75,14 +75,15 @@ def ensure_bucket_specs(conn: psycopg.Connection, registry: Registry, group_ids:
         group = registry.get(*ref)
         if group is None or group_ids[ref] in specs:
             continue
-        conn.execute("LOCK TABLE ofp_contributions IN SHARE MODE")
+        conn.execute("LOCK TABLE ofp_events IN SHARE MODE")
         gid = group_ids[ref]
         conn.execute("INSERT INTO ofp_bucket_specs (group_id, width_us, partials) VALUES (%s, %s, %s)",
                      (gid, width_us, describe_plan(bucket_plan(group, width_us))))
         schema = {"scope_id": pl.Int32(), **contribution_schema(group)}
+        fields = ", ".join(f'"{c}"' for c in group.fields)
         cur = conn.cursor(binary=True)
-        cur.execute(f"""SELECT scope_id, {", ".join(f'"{c}"' for c in contribution_schema(group))}
-                          FROM ofp_contributions WHERE group_id = %s""", (gid,))
+        cur.execute(f"""SELECT scope_id, "{group.key_field}", ts_us{", " if fields else ""}{fields}
+                          FROM ofp_events WHERE "{group.key_field}" IS NOT NULL""")
         existing = pl.DataFrame(cur.fetchall(), schema=schema, orient="row")
         write_buckets(conn, group, gid, width_us, bucket_partials(existing, group, width_us, by=("scope_id",)))
         specs[gid] = width_us
@@ -127,17 +128,68 @@ class OfpStateWriter:
         keep = pl.DataFrame(claimed, schema={"partition": pl.Int64(), "offset": pl.Int64()}, orient="row")
         return frame.join(keep, on=["partition", "offset"], how="semi")
 
-    def write_contributions(self, conn: psycopg.Connection, rows: pl.DataFrame) -> int:
-        """COPY contribution rows (partition, offset, group_id, key_id, scope_id, ts_us, fields...)."""
+    def write_events(self, conn: psycopg.Connection, rows: pl.DataFrame) -> int:
+        """COPY one typed row per event (scope_id, position, ts_us and every field groups read)."""
         if rows.is_empty():
             return 0
-        quoted = ", ".join(f'"{c}"' for c in rows.columns)
+        ensure_partitions(conn, rows[TS].min(), rows[TS].max())
+        frame = rows.select(EVENT_COLUMNS)
         # text COPY straight from polars: every string here passed the id/channel charsets (no tab,
         # newline or backslash), so no escaping is needed
-        data = rows.write_csv(separator="\t", null_value="\\N", include_header=False, quote_style="never")
-        with conn.cursor().copy(f"COPY ofp_contributions ({quoted}) FROM STDIN") as copy:
+        data = frame.write_csv(separator="\t", null_value="\\N", include_header=False, quote_style="never")
+        quoted = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
+        with conn.cursor().copy(f"COPY ofp_events ({quoted}) FROM STDIN") as copy:
             copy.write(data.encode())
         return rows.height
+
+
+WEEK_US = 7 * 86_400_000_000
+EVENT_COLUMNS = ("scope_id", "partition", "offset", TS, "account_id", "card_id", "customer_id", "merchant_id",
+                 "device_id", "amount_minor", "channel")
+
+
+def partition_name(week: int) -> str:
+    return f"ofp_events_w{week}" if week >= 0 else f"ofp_events_wm{-week}"
+
+
+def ensure_partitions(conn: psycopg.Connection, first_ts: int, last_ts: int) -> None:
+    """Create the weekly partitions of ofp_events that [first_ts, last_ts] needs (idempotent; one
+    creator at a time, so concurrent workers never race on the DDL)."""
+    weeks = range(first_ts // WEEK_US, last_ts // WEEK_US + 1)
+    existing = {r[0] for r in conn.execute(
+        "SELECT relname FROM pg_class WHERE relname = ANY(%s)", ([partition_name(w) for w in weeks],))}
+    missing = [w for w in weeks if partition_name(w) not in existing]
+    if not missing:
+        return
+    conn.execute("SELECT pg_advisory_xact_lock(7305, 0)")
+    for week in missing:
+        conn.execute(f"""CREATE TABLE IF NOT EXISTS {partition_name(week)} PARTITION OF ofp_events
+                         FOR VALUES FROM ({week * WEEK_US}) TO ({(week + 1) * WEEK_US})""")
+
+
+def migrate_contributions(conn: psycopg.Connection, registry: Registry, group_ids: dict[tuple[str, str], int]) -> int:
+    """Move state kept in the v1 layout (one row per event and group version) into ofp_events (one row
+    per event), taking each key from a group of its key type; returns the events moved."""
+    conn.execute("SELECT pg_advisory_xact_lock(7306, 0)")
+    if conn.execute("SELECT NOT EXISTS (SELECT 1 FROM ofp_contributions)").fetchone()[0]:
+        return 0
+    by_type: dict[str, list[int]] = {}
+    for group in registry.all():
+        by_type.setdefault(group.key_field, []).append(group_ids[group.ref])
+    keys = [f"max(key_id) FILTER (WHERE group_id = ANY(%(k_{field})s)) AS {field}" for field in KEY_FIELDS]
+    params = {f"k_{field}": by_type.get(field, []) for field in KEY_FIELDS}
+    low, high = conn.execute("SELECT min(ts_us), max(ts_us) FROM ofp_contributions").fetchone()
+    ensure_partitions(conn, low, high)
+    moved = conn.execute(
+        f"""INSERT INTO ofp_events (scope_id, partition, "offset", ts_us, {", ".join(KEY_FIELDS)}, amount_minor,
+                                    channel)
+            SELECT scope_id, partition, "offset", min(ts_us), {", ".join(keys)}, max(amount_minor), max(channel)
+              FROM ofp_contributions GROUP BY scope_id, partition, "offset" """, params).rowcount
+    conn.execute("TRUNCATE ofp_contributions")
+    return moved
+
+
+KEY_FIELDS = ("account_id", "card_id", "customer_id", "merchant_id", "device_id")
 
 
 class OfpStateReader:

@@ -11,8 +11,6 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-import polars as pl
-
 from online.bus.base import EventBus
 from online.checkpoints import Fenced, Lease, advance, bump_counters, drain, record_failures
 from online.ofp_state import (
@@ -20,13 +18,14 @@ from online.ofp_state import (
     OfpStateWriter,
     bucket_specs,
     ensure_bucket_specs,
+    migrate_contributions,
     register_groups,
     write_buckets,
 )
 from pipelines.buckets import bucket_partials
 from pipelines.events import decode_transactions, first_positions
-from pipelines.features import KEY, TS, contributions
-from pipelines.registry import GroupDef, Registry
+from pipelines.features import TS, contributions
+from pipelines.registry import Registry
 from runtime.faults import commit_or_crash, crash_point
 from runtime.postgres import Database
 from schemas.streams import TRAFFIC
@@ -56,6 +55,8 @@ class OfpWorker:
         self.owner = owner or worker_identity()
         with db.transaction() as conn:
             self.writer = OfpStateWriter(register_groups(conn, registry))
+        with db.transaction() as conn:  # state kept in the v1 layout moves to one row per event
+            migrate_contributions(conn, registry, self.writer.group_ids)
         with db.transaction() as conn:
             ensure_bucket_specs(conn, registry, self.writer.group_ids, bucketed or {})
 
@@ -83,7 +84,7 @@ class OfpWorker:
             # a batch is replayable from the bus and its checkpoint commits with it, so losing the
             # last few commits in a database crash loses nothing: no need to wait for the WAL flush
             conn.execute("SET LOCAL synchronous_commit = off")
-            conn.execute("LOCK TABLE ofp_contributions IN ROW EXCLUSIVE MODE")
+            conn.execute("LOCK TABLE ofp_events IN ROW EXCLUSIVE MODE")
             widths = bucket_specs(conn)
             record_failures(conn, CONSUMER, TRAFFIC,
                             [(f.partition, f.offset, f.event_id, f.reason_code, f.detail) for f in failures])
@@ -94,11 +95,11 @@ class OfpWorker:
                 scopes = self.writer.scope_ids(conn, fresh)
                 scoped = fresh.join(scopes, on=["scenario_id", "run_id", "manifest_fingerprint",
                                                 "parameter_hash"], how="left")
-                parts = [_group_rows(scoped, g, self.writer.group_ids[g.ref]) for g in self.registry.all()]
-                written = self.writer.write_contributions(conn, pl.concat(parts, how="diagonal_relaxed"))
-                for group, part in zip(self.registry.all(), parts, strict=True):
+                written = self.writer.write_events(conn, scoped)
+                for group in self.registry.all():
                     gid = self.writer.group_ids[group.ref]
                     if gid in widths:
+                        part = contributions(scoped, group, carry=("scope_id",))
                         write_buckets(conn, group, gid, widths[gid],
                                       bucket_partials(part, group, widths[gid], by=("scope_id",)))
             crash_point("ofp_after_state_write")
@@ -116,15 +117,6 @@ class OfpWorker:
         stats.contributions += written
         stats.per_partition[lease.partition] = next_offset
         return lease
-
-
-def _group_rows(scoped: pl.DataFrame, group: GroupDef, group_id: int) -> pl.DataFrame:
-    """Contribution rows of one group for a batch: the shared `contributions` projection plus the
-    position, scope and group id that make each row's idempotency key."""
-    projected = contributions(scoped, group, carry=("partition", "offset", "scope_id"))
-    return projected.with_columns(pl.lit(group_id, pl.Int32).alias("group_id")).select(
-        "partition", "offset", "group_id", KEY, "scope_id", TS, *group.fields
-    )
 
 
 __all__ = ["Fenced", "OfpWorker", "WorkerStats"]

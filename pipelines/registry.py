@@ -113,6 +113,8 @@ def parse_group(raw: dict[str, Any]) -> GroupDef:
         raise RegistryError("REGISTRY_INVALID", f"{label}: unknown key_type {key_type!r}")
     if need("source_event_type") != "transaction_event":
         raise RegistryError("REGISTRY_INVALID", f"{label}: v0 groups read transaction_event only")
+    if need("key_field") != f"{key_type}_id":  # the payload field, and the state column serving reads
+        raise RegistryError("REGISTRY_INVALID", f"{label}: key_field must be {key_type}_id")
     ttl = need("ttl_seconds")
     if not isinstance(ttl, int) or ttl <= 0:
         raise RegistryError("REGISTRY_INVALID", f"{label}: ttl_seconds must be a positive integer")

@@ -81,6 +81,7 @@ def _merge_sql(partial: Partial, raw: str, stored: str) -> str:
 
 def _raw_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: int, as_of: int,
                    params: list[Any]) -> str:
+    """Raw rows of the group's keys in its longest window, one index range scan per key."""
     group = query.group
     lo, hi = window_bounds(as_of, group.lookback_us)
     columns = []
@@ -88,12 +89,12 @@ def _raw_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: int, 
         condition = _span_sql([window_bounds(as_of, feature.window_us)])
         columns += [_raw_partial_sql(p, condition, params) for p in partials_of(feature)]
     columns.append(f"max({RAW}.ts_us)")
-    params += [scope_id, group_id, list(query.key_ids)]
+    params += [scope_id, list(query.key_ids)]
+    key = f'{RAW}."{group.key_field}"'
     # keys without rows in the window return no row: `decode_rows` gives them the empty partials
-    return (f"SELECT {index} AS g, {RAW}.key_id, ARRAY[{', '.join(columns)}]::bigint[] AS p "
-            f"FROM ofp_contributions {RAW} WHERE {RAW}.scope_id = %s AND {RAW}.group_id = %s "
-            f"AND {RAW}.key_id = ANY(%s::text[]) AND {RAW}.ts_us > {lo} AND {RAW}.ts_us <= {hi} "
-            f"GROUP BY {RAW}.key_id")
+    return (f"SELECT {index} AS g, {key} AS key_id, ARRAY[{', '.join(columns)}]::bigint[] AS p "
+            f"FROM ofp_events {RAW} WHERE {RAW}.scope_id = %s AND {key} = ANY(%s::text[]) "
+            f"AND {RAW}.ts_us > {lo} AND {RAW}.ts_us <= {hi} GROUP BY {key}")
 
 
 def _bucketed_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: int, as_of: int,
@@ -126,11 +127,14 @@ def _bucketed_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: 
     add(LAST_TS, group.lookback_us, group.lookback_us >= 2 * width)
     first, last = _bucket_range(group, as_of, width)
     spans = raw_intervals(group, as_of, width)
-    params += [list(query.key_ids), scope_id, group_id]
+    params += [list(query.key_ids), [lo for lo, _ in spans], [hi for _, hi in spans], scope_id]
+    # one index range scan per (key, span): OFFSET 0 keeps the planner from flattening the LATERAL
+    # subqueries into one scan of the key's whole history filtered afterwards
     raw = (f"SELECT k.key, {', '.join(raw_columns)} FROM unnest(%s::text[]) AS k(key) "
-           f"LEFT JOIN LATERAL (SELECT * FROM ofp_contributions {RAW} WHERE {RAW}.scope_id = %s "
-           f"AND {RAW}.group_id = %s AND {RAW}.key_id = k.key AND {_span_sql(spans)} OFFSET 0) {RAW} ON true "
-           "GROUP BY k.key")
+           f"LEFT JOIN LATERAL (SELECT {RAW}.* FROM unnest(%s::bigint[], %s::bigint[]) AS s(lo, hi) "
+           f"CROSS JOIN LATERAL (SELECT * FROM ofp_events e WHERE e.scope_id = %s "
+           f"AND e.\"{group.key_field}\" = k.key AND e.ts_us > s.lo AND e.ts_us <= s.hi OFFSET 0) {RAW}) {RAW} "
+           "ON true GROUP BY k.key")
     if stored_columns:
         params += [list(query.key_ids), scope_id, group_id]
         stored = (f"SELECT b.key_id, {', '.join(stored_columns)} FROM ofp_buckets b "

@@ -129,7 +129,7 @@ def test_hot_merchant_served_exactly_without_reading_its_window(app, monkeypatch
 
 
 def _contribution_rows_read(app, key_id: str, as_of: int) -> int:
-    """Rows the generated serving statement reads from ofp_contributions (EXPLAIN ANALYZE)."""
+    """Rows the generated serving statement reads from ofp_events (EXPLAIN ANALYZE)."""
     from online.ofp_state import bucket_specs, register_groups
     from pipelines.serving_sql import GroupQuery, plan_serving
 
@@ -143,7 +143,7 @@ def _contribution_rows_read(app, key_id: str, as_of: int) -> int:
 
     def walk(node: dict) -> int:
         own = node.get("Actual Rows", 0) * node.get("Actual Loops", 1) \
-            if node.get("Relation Name") == "ofp_contributions" else 0
+            if node.get("Relation Name", "").startswith("ofp_events") else 0
         return own + sum(walk(child) for child in node.get("Plans", []))
 
     return walk(explained[0]["Plan"])

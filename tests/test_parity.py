@@ -45,7 +45,7 @@ def test_parity_reports_tampered_state_and_tampered_snapshot(app):
     # tamper with online state: one account's amounts change, then serve from the tampered state
     account = requests[0]["feature_keys"][0]["key_id"]
     with app.db.transaction() as conn:
-        changed = conn.execute("UPDATE ofp_contributions SET amount_minor = amount_minor + 1 WHERE key_id = %s",
+        changed = conn.execute("UPDATE ofp_events SET amount_minor = amount_minor + 1 WHERE account_id = %s",
                                (account,)).rowcount
     assert changed > 0
     first = _serve(app, requests[:1])[0]

@@ -106,9 +106,8 @@ def state_digest(app: Any) -> tuple[str, int, int]:
     digest = hashlib.sha256()
     with app.db.transaction() as conn:
         cur = conn.cursor(binary=False)
-        for sql in ("""SELECT partition, "offset", g.group_name, g.group_version, key_id, ts_us, amount_minor,
-                              merchant_id, card_id, account_id, channel
-                         FROM ofp_contributions c JOIN ofp_groups g USING (group_id) ORDER BY 1, 2, 3, 4, 5""",
+        for sql in ("""SELECT partition, "offset", ts_us, account_id, card_id, customer_id, merchant_id, device_id,
+                              amount_minor, channel FROM ofp_events ORDER BY 1, 2""",
                     """SELECT g.group_name, key_id, bucket, p FROM ofp_buckets b JOIN ofp_groups g USING (group_id)
                         ORDER BY 1, 2, 3""",
                     "SELECT stream, partition, next_offset FROM consumer_checkpoints ORDER BY 1, 2, 3",
@@ -116,7 +115,7 @@ def state_digest(app: Any) -> tuple[str, int, int]:
             for row in cur.execute(sql):
                 digest.update(repr(row).encode())
         events = conn.execute("SELECT count(*) FROM ofp_event_ids").fetchone()[0]
-        rows = conn.execute("SELECT count(*) FROM ofp_contributions").fetchone()[0]
+        rows = conn.execute("SELECT count(*) FROM ofp_events").fetchone()[0]
     return digest.hexdigest(), int(events), int(rows)
 
 
