@@ -21,9 +21,9 @@ def bench_app(name: str) -> Iterator[Any]:
     os.environ["FP_HOME"] = str(home)
     os.environ.pop("FP_PG_DSN", None)
     os.environ.pop("FP_PROFILE", None)
-    from runtime.app import App
-    from runtime.postgres import Database, start_embedded
-    from runtime.settings import load_settings
+    from featureplane.runtime.app import App
+    from featureplane.runtime.postgres import Database, start_embedded
+    from featureplane.runtime.settings import load_settings
 
     dsn = start_embedded(home / "pg", stop_at_exit=True)
     app = App(load_settings())

@@ -25,10 +25,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=29)
     args = parser.parse_args()
 
-    from online.context_store import ContextReader, ContextStats, ContextWorker
-    from runtime.simulate import SimulationPlan
-    from runtime.simulation_job import run_simulation
-    from schemas.streams import CONTEXT_STREAMS
+    from featureplane.online.context_store import ContextReader, ContextStats, ContextWorker
+    from featureplane.runtime.simulate import SimulationPlan
+    from featureplane.runtime.simulation_job import run_simulation
+    from featureplane.schemas.streams import CONTEXT_STREAMS
 
     figures: dict = {"transactions": args.transactions}
     with bench_app("context") as app:

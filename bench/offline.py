@@ -28,16 +28,15 @@ def main() -> None:
     args = parser.parse_args()
 
     import polars as pl
-
-    from lake.archive import ArchiveWriter, table_name
-    from offline.datasets import build_dataset
-    from offline.intents import parse_intent
-    from offline.parity import check_snapshots, load_stored
-    from online.ofp_worker import OfpWorker, WorkerStats
-    from online.serving import FeatureServer
-    from online.snapshot_store import flush_outbox
-    from runtime.simulate import SimulationPlan, request_mix, simulate
-    from schemas.streams import STREAMS, TRAFFIC
+    from featureplane.lake.archive import ArchiveWriter, table_name
+    from featureplane.offline.datasets import build_dataset
+    from featureplane.offline.intents import parse_intent
+    from featureplane.offline.parity import check_snapshots, load_stored
+    from featureplane.online.ofp_worker import OfpWorker, WorkerStats
+    from featureplane.online.serving import FeatureServer
+    from featureplane.online.snapshot_store import flush_outbox
+    from featureplane.runtime.simulate import SimulationPlan, request_mix, simulate
+    from featureplane.schemas.streams import STREAMS, TRAFFIC
 
     figures: dict = {"transactions": args.transactions}
     with bench_app("offline") as app:

@@ -29,12 +29,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=17)
     args = parser.parse_args()
 
-    from online.admission import Publisher
-    from online.ofp_worker import OfpWorker, WorkerStats
-    from online.serving import FeatureServer
-    from pipelines.timefmt import format_ts, parse_rfc3339
-    from runtime.simulate import SimulationPlan, request_mix, simulate
-    from schemas.streams import TRAFFIC
+    from featureplane.online.admission import Publisher
+    from featureplane.online.ofp_worker import OfpWorker, WorkerStats
+    from featureplane.online.serving import FeatureServer
+    from featureplane.pipelines.timefmt import format_ts, parse_rfc3339
+    from featureplane.runtime.simulate import SimulationPlan, request_mix, simulate
+    from featureplane.schemas.streams import TRAFFIC
 
     figures: dict = {"transactions": args.transactions}
     with bench_app("online") as app:

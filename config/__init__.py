@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pipelines.registry import Registry
+    from featureplane.pipelines.registry import Registry
 
 CONFIG_DIR = Path(__file__).resolve().parent
 GROUPS_DIR = CONFIG_DIR / "feature_groups"
@@ -23,7 +23,7 @@ def read_group_files(directory: Path = GROUPS_DIR) -> list[dict]:
 
 def load_registry(directory: Path = GROUPS_DIR, lock_file: Path | None = None) -> Registry:
     """Load every group definition and check it against the lock of published digests."""
-    from pipelines.registry import build_registry
+    from featureplane.pipelines.registry import build_registry
 
     lock_path = lock_file or directory / "registry.lock.json"
     lock = json.loads(lock_path.read_text()) if lock_path.exists() else {}

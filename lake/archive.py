@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from lake.delta import DeltaLake
-from online.bus.base import BusCorrupt, EventBus
-from online.checkpoints import clear_blocks, record_block
-from runtime.errors import TerminalError, TransientError
-from runtime.faults import crash_point
-from runtime.postgres import Database
+from featureplane.lake.delta import DeltaLake
+from featureplane.online.bus.base import BusCorrupt, EventBus
+from featureplane.online.checkpoints import clear_blocks, record_block
+from featureplane.runtime.errors import TerminalError, TransientError
+from featureplane.runtime.faults import crash_point
+from featureplane.runtime.postgres import Database
 
 ARCHIVE_SCHEMA = pa.schema([("partition", pa.int32()), ("offset", pa.int64()), ("value", pa.binary())])
 LOCK_NAMESPACE = 7_301  # advisory lock class for archive writers

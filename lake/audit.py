@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pyarrow as pa
-
-from lake.delta import DeltaLake
-from runtime.postgres import Database
+from featureplane.lake.delta import DeltaLake
+from featureplane.runtime.postgres import Database
 
 MARKER = "fp.audit_export_batch"
 LOCK_CLASS = 7_303

@@ -14,9 +14,8 @@ from typing import Any
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
-
-from lake.object_store import check_key
-from runtime.settings import LocalObjectStore, S3ObjectStore
+from featureplane.lake.object_store import check_key
+from featureplane.runtime.settings import LocalObjectStore, S3ObjectStore
 
 HISTORY_SCAN = 1000  # commits looked back to find the latest progress marker
 

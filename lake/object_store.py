@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-from runtime.errors import TerminalError
-from runtime.settings import LocalObjectStore, S3ObjectStore, boto3_client
+from featureplane.runtime.errors import TerminalError
+from featureplane.runtime.settings import LocalObjectStore, S3ObjectStore, boto3_client
 
 SEGMENT = re.compile(r"^[A-Za-z0-9._=:-]{1,200}$")
 

@@ -24,10 +24,9 @@ from typing import Any
 import duckdb
 import polars as pl
 import pyarrow as pa
-
-from lake.delta import DeltaLake
-from lake.object_store import ObjectStore
-from schemas.streams import STREAMS
+from featureplane.lake.delta import DeltaLake
+from featureplane.lake.object_store import ObjectStore
+from featureplane.schemas.streams import STREAMS
 
 ARCHIVE_VIEWS = {
     "fp.bus.traffic.fraud.v1": "archive_traffic",

@@ -17,17 +17,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
-
-from lake.archive import archive_progress
-from lake.delta import DeltaLake
-from lake.object_store import ObjectStore
-from offline.intents import BuildIntent, dataset_fingerprint, dataset_identity, manifest_id
-from offline.replay import labels_at, transactions_at, with_pins
-from pipelines.features import LAST_UPDATE, TS, contributions, in_range_expr, rolling_features
-from pipelines.registry import GroupDef
-from pipelines.timefmt import format_ts
-from runtime.errors import TerminalError
-from schemas.streams import LABELS
+from featureplane.lake.archive import archive_progress
+from featureplane.lake.delta import DeltaLake
+from featureplane.lake.object_store import ObjectStore
+from featureplane.offline.intents import BuildIntent, dataset_fingerprint, dataset_identity, manifest_id
+from featureplane.offline.replay import labels_at, transactions_at, with_pins
+from featureplane.pipelines.features import LAST_UPDATE, TS, contributions, in_range_expr, rolling_features
+from featureplane.pipelines.registry import GroupDef
+from featureplane.pipelines.timefmt import format_ts
+from featureplane.runtime.errors import TerminalError
+from featureplane.schemas.streams import LABELS
 
 ROW_ID = "row_id"
 BASE_COLUMNS = ("partition", "offset", "platform_run_id", "event_id", "flow_id", "ts_utc", "account_id", "card_id",

@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.canonical import sha256_ref
-from pipelines.registry import GroupDef, Registry
-from pipelines.timefmt import TimestampError, format_ts, parse_rfc3339
-from runtime.errors import RejectedEvent, TerminalError
-from schemas.envelope import PIN, validate_pins
-from schemas.streams import LABELS, TRAFFIC
+from featureplane.pipelines.canonical import sha256_ref
+from featureplane.pipelines.registry import GroupDef, Registry
+from featureplane.pipelines.timefmt import TimestampError, format_ts, parse_rfc3339
+from featureplane.runtime.errors import RejectedEvent, TerminalError
+from featureplane.schemas.envelope import PIN, validate_pins
+from featureplane.schemas.streams import LABELS, TRAFFIC
 
 INTENT_KINDS = ("dataset_build", "parity_rebuild", "forensic_rebuild")
 INTENT_FIELDS = {"request_id", "intent_kind", "context_pins", "replay_basis", "feature_groups", "label_as_of_utc",

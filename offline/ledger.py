@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-
-from offline.intents import BuildIntent, IntentRejected
-from runtime.errors import TerminalError
-from runtime.postgres import Database
+from featureplane.offline.intents import BuildIntent, IntentRejected
+from featureplane.runtime.errors import TerminalError
+from featureplane.runtime.postgres import Database
 
 TRANSITIONS = {
     ("QUEUED", "RUNNING"), ("RUNNING", "DONE"), ("RUNNING", "FAILED"), ("RUNNING", "PUBLISH_PENDING"),

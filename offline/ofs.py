@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from offline.datasets import build_dataset, publish
-from offline.intents import IntentRejected, parse_intent
-from offline.ledger import RunLedger
-from offline.parity import check_snapshots, load_stored
-from runtime.errors import FpError, TerminalError, TransientError
+from featureplane.offline.datasets import build_dataset, publish
+from featureplane.offline.intents import IntentRejected, parse_intent
+from featureplane.offline.ledger import RunLedger
+from featureplane.offline.parity import check_snapshots, load_stored
+from featureplane.runtime.errors import FpError, TerminalError, TransientError
 
 
 def run_intent(app: Any, raw: object) -> dict[str, Any]:

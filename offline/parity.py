@@ -19,17 +19,16 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-
-from lake.delta import DeltaLake
-from lake.object_store import ObjectStore
-from offline.replay import transactions_at, with_pins
-from online.snapshot_store import object_key
-from pipelines.features import AS_OF, KEY, contributions, point_features
-from pipelines.registry import Registry
-from pipelines.snapshot import assemble, hashed_payload, snapshot_hash, values_from_frames
-from runtime.errors import FpError
-from runtime.postgres import Database
-from schemas.requests import CONTRACT_VERSION, FeatureRequest, parse_request
+from featureplane.lake.delta import DeltaLake
+from featureplane.lake.object_store import ObjectStore
+from featureplane.offline.replay import transactions_at, with_pins
+from featureplane.online.snapshot_store import object_key
+from featureplane.pipelines.features import AS_OF, KEY, contributions, point_features
+from featureplane.pipelines.registry import Registry
+from featureplane.pipelines.snapshot import assemble, hashed_payload, snapshot_hash, values_from_frames
+from featureplane.runtime.errors import FpError
+from featureplane.runtime.postgres import Database
+from featureplane.schemas.requests import CONTRACT_VERSION, FeatureRequest, parse_request
 
 PARITY_TABLE = "audit/parity_results"
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
-
-from lake.archive import read_basis
-from lake.delta import DeltaLake
-from pipelines.events import ApplyFailure, decode_labels, decode_transactions, first_positions
-from runtime.errors import TerminalError
+from featureplane.lake.archive import read_basis
+from featureplane.lake.delta import DeltaLake
+from featureplane.pipelines.events import ApplyFailure, decode_labels, decode_transactions, first_positions
+from featureplane.runtime.errors import TerminalError
 
 
 def basis_offsets(basis: dict[str, Any]) -> tuple[str, dict[int, int]]:

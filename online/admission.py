@@ -14,11 +14,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from online.bus.base import EventBus
-from runtime.errors import RejectedEvent
-from runtime.postgres import Database
-from schemas.envelope import may_hold_forbidden_text, normalize_event
-from schemas.streams import stream_spec
+from featureplane.online.bus.base import EventBus
+from featureplane.runtime.errors import RejectedEvent
+from featureplane.runtime.postgres import Database
+from featureplane.schemas.envelope import may_hold_forbidden_text, normalize_event
+from featureplane.schemas.streams import stream_spec
 
 CHUNK = 2000
 MAX_LINE_BYTES = 1 << 20  # SPEC §2: a longer line is LINE_TOO_LONG and is never held or stored whole

@@ -12,10 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
-
-from online.bus.base import BusCorrupt, EventBus
-from runtime.errors import FpError, TransientError
-from runtime.postgres import Database
+from featureplane.online.bus.base import BusCorrupt, EventBus
+from featureplane.runtime.errors import FpError, TransientError
+from featureplane.runtime.postgres import Database
 
 LEASE_SECONDS = int(os.environ.get("FP_LEASE_SECONDS", "30"))  # a dead owner's partitions free up after this
 # errors that say nothing about the records: retry the same batch later, never ledger it

@@ -16,17 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-
-from online.bus.base import EventBus
-from online.checkpoints import Lease, advance, bump_counters, drain, record_failures, watermarks
-from online.ofp_worker import worker_identity
-from pipelines.canonical import sha256_ref
-from pipelines.events import decode_event
-from pipelines.timefmt import parse_rfc3339
-from runtime.errors import RejectedEvent, TerminalError
-from runtime.postgres import Database
-from schemas.envelope import EVENT_ID, PIN_FIELDS, is_entity_id, is_pin
-from schemas.streams import ARRIVAL_ENTITIES, ARRIVAL_EVENTS, CONTEXT_STREAMS, FLOW_ANCHOR
+from featureplane.online.bus.base import EventBus
+from featureplane.online.checkpoints import Lease, advance, bump_counters, drain, record_failures, watermarks
+from featureplane.online.ofp_worker import worker_identity
+from featureplane.pipelines.canonical import sha256_ref
+from featureplane.pipelines.events import decode_event
+from featureplane.pipelines.timefmt import parse_rfc3339
+from featureplane.runtime.errors import RejectedEvent, TerminalError
+from featureplane.runtime.postgres import Database
+from featureplane.schemas.envelope import EVENT_ID, PIN_FIELDS, is_entity_id, is_pin
+from featureplane.schemas.streams import ARRIVAL_ENTITIES, ARRIVAL_EVENTS, CONTEXT_STREAMS, FLOW_ANCHOR
 
 CONSUMER = "context"
 CONTRACT_VERSION = "cs_public_contracts_v0"

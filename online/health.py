@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from online.checkpoints import watermarks
-from pipelines.timefmt import US_PER_SECOND, format_ts
-from runtime.errors import FpError
-from schemas.streams import TRAFFIC
+from featureplane.online.checkpoints import watermarks
+from featureplane.pipelines.timefmt import US_PER_SECOND, format_ts
+from featureplane.runtime.errors import FpError
+from featureplane.schemas.streams import TRAFFIC
 
 ORDER = {"GREEN": 0, "AMBER": 1, "RED": 2}
 
@@ -114,8 +114,8 @@ def consumer_health(app: Any, consumer: str, stream: str) -> dict[str, Any]:
 
 def archive_health(app: Any) -> dict[str, Any]:
     """How far the Delta archive is behind the bus, per stream; RED while a corrupt record blocks it."""
-    from lake.archive import CONSUMER, archive_progress
-    from schemas.streams import STREAMS
+    from featureplane.lake.archive import CONSUMER, archive_progress
+    from featureplane.schemas.streams import STREAMS
 
     t = app.settings.health
     lag: dict[str, Any] = {}
@@ -158,8 +158,8 @@ def serving_health(app: Any) -> dict[str, Any]:
 
 def context_health(app: Any) -> dict[str, Any]:
     """The join plane: apply counters and lag per context stream, join hits/misses, conflicts."""
-    from online.context_store import CONSUMER
-    from schemas.streams import CONTEXT_STREAMS
+    from featureplane.online.context_store import CONSUMER
+    from featureplane.schemas.streams import CONTEXT_STREAMS
 
     streams = {s: consumer_health(app, CONSUMER, s) for s in CONTEXT_STREAMS}
     with app.db.transaction() as conn:
@@ -193,7 +193,7 @@ def health_report(app: Any) -> dict[str, Any]:
         except FpError as exc:
             components[name] = {"status": "RED", "error": exc.reason_code, "message": exc.message[:300]}
         except Exception as exc:  # an adapter's own error (storage, network): reported, never raised
-            from online.checkpoints import describe_error
+            from featureplane.online.checkpoints import describe_error
 
             _, what = describe_error(exc)
             components[name] = {"status": "RED", "error": "UNAVAILABLE", "message": what}

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import polars as pl
 import psycopg
-
-from pipelines.algebra import SUM_CAP
-from pipelines.buckets import BUCKET, bucket_partials, bucket_plan, describe_plan, partial_columns
-from pipelines.features import KEY, TS, contribution_schema
-from pipelines.registry import GroupDef, Registry, RegistryError
+from featureplane.pipelines.algebra import SUM_CAP
+from featureplane.pipelines.buckets import BUCKET, bucket_partials, bucket_plan, describe_plan, partial_columns
+from featureplane.pipelines.features import KEY, TS, contribution_schema
+from featureplane.pipelines.registry import GroupDef, Registry, RegistryError
 
 PIN_COLUMNS = ("scenario_id", "run_id", "manifest_fingerprint", "parameter_hash")
 CONSUMER = "ofp"

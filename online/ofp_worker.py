@@ -11,9 +11,9 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from online.bus.base import EventBus
-from online.checkpoints import Fenced, Lease, advance, bump_counters, drain, record_failures
-from online.ofp_state import (
+from featureplane.online.bus.base import EventBus
+from featureplane.online.checkpoints import Fenced, Lease, advance, bump_counters, drain, record_failures
+from featureplane.online.ofp_state import (
     CONSUMER,
     OfpStateWriter,
     bucket_specs,
@@ -22,13 +22,13 @@ from online.ofp_state import (
     register_groups,
     write_buckets,
 )
-from pipelines.buckets import bucket_partials
-from pipelines.events import decode_transactions, first_positions
-from pipelines.features import TS, contributions
-from pipelines.registry import Registry
-from runtime.faults import commit_or_crash, crash_point
-from runtime.postgres import Database
-from schemas.streams import TRAFFIC
+from featureplane.pipelines.buckets import bucket_partials
+from featureplane.pipelines.events import decode_transactions, first_positions
+from featureplane.pipelines.features import TS, contributions
+from featureplane.pipelines.registry import Registry
+from featureplane.runtime.faults import commit_or_crash, crash_point
+from featureplane.runtime.postgres import Database
+from featureplane.schemas.streams import TRAFFIC
 
 
 @dataclass

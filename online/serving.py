@@ -11,17 +11,16 @@ import json
 from typing import Any
 
 import psycopg
-
-from online.bus.base import EventBus
-from online.checkpoints import WATERMARKS_SQL, basis_from_rows
-from online.ofp_state import CONSUMER, OfpStateReader, bucket_specs, register_groups
-from pipelines.registry import Registry
-from pipelines.serving_sql import GroupQuery, decode_rows, plan_serving
-from pipelines.snapshot import assemble, error_response, input_basis
-from runtime.errors import FpError, Unavailable
-from runtime.postgres import Database
-from schemas.requests import FeatureRequest, InvalidRequest, parse_request
-from schemas.streams import TRAFFIC
+from featureplane.online.bus.base import EventBus
+from featureplane.online.checkpoints import WATERMARKS_SQL, basis_from_rows
+from featureplane.online.ofp_state import CONSUMER, OfpStateReader, bucket_specs, register_groups
+from featureplane.pipelines.registry import Registry
+from featureplane.pipelines.serving_sql import GroupQuery, decode_rows, plan_serving
+from featureplane.pipelines.snapshot import assemble, error_response, input_basis
+from featureplane.runtime.errors import FpError, Unavailable
+from featureplane.runtime.postgres import Database
+from featureplane.schemas.requests import FeatureRequest, InvalidRequest, parse_request
+from featureplane.schemas.streams import TRAFFIC
 
 
 class FeatureServer:
@@ -122,7 +121,7 @@ class _NotFound(Exception):
 
 def _safe_pins(pins: dict[str, Any] | None) -> dict[str, str] | None:
     """Echo pins in an error only when they are valid (never reflect arbitrary input)."""
-    from schemas.envelope import validate_pins
+    from featureplane.schemas.envelope import validate_pins
 
     if pins is None:
         return None

@@ -13,12 +13,11 @@ from typing import Any
 
 import psycopg
 import pyarrow as pa
-
-from lake.delta import DeltaLake
-from lake.object_store import ObjectStore
-from pipelines.timefmt import parse_rfc3339
-from runtime.errors import TerminalError, TransientError
-from runtime.postgres import Database
+from featureplane.lake.delta import DeltaLake
+from featureplane.lake.object_store import ObjectStore
+from featureplane.pipelines.timefmt import parse_rfc3339
+from featureplane.runtime.errors import TerminalError, TransientError
+from featureplane.runtime.postgres import Database
 
 HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipelines.registry import DerivedDef, FeatureDef, Where
+from featureplane.pipelines.registry import DerivedDef, FeatureDef, Where
 
 SUM_CAP = 2**53  # sums saturate here: amounts are >= 0, so a sum at the cap is beyond 2^53 - 1 (SPEC §4)
 MAX_EXACT_INT = SUM_CAP - 1  # the largest integer RFC 8785 carries exactly

@@ -13,14 +13,13 @@ and windows shorter than two buckets, are computed from raw events.
 from __future__ import annotations
 
 import polars as pl
-
-from pipelines.algebra import Partial, partials_of
-from pipelines.features import (
+from featureplane.pipelines.algebra import Partial, partials_of
+from featureplane.pipelines.features import (
     KEY,
     TS,
     partial_expr,
 )
-from pipelines.registry import FeatureDef, GroupDef
+from featureplane.pipelines.registry import FeatureDef, GroupDef
 
 BUCKET = "bucket"
 

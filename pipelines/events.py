@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
-
-from pipelines.timefmt import parse_rfc3339
-from runtime.errors import RejectedEvent
-from schemas.envelope import may_hold_forbidden_text, normalize_event
-from schemas.frames import LABEL_SCHEMA, TRANSACTION_SCHEMA, LabelFrame, TransactionFrame, invalid_rows
+from featureplane.pipelines.timefmt import parse_rfc3339
+from featureplane.runtime.errors import RejectedEvent
+from featureplane.schemas.envelope import may_hold_forbidden_text, normalize_event
+from featureplane.schemas.frames import LABEL_SCHEMA, TRANSACTION_SCHEMA, LabelFrame, TransactionFrame, invalid_rows
 
 SKIPPED_RECORD = b""  # what a bus delivers at a corrupt position an operator skipped (`fp bus skip`)
 

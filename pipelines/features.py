@@ -9,9 +9,8 @@ windows ending at each transaction (`rolling_features`). Window membership is ex
 from __future__ import annotations
 
 import polars as pl
-
-from pipelines.algebra import MAX_EXACT_INT, SUM_CAP, Partial, partials_of
-from pipelines.registry import DerivedDef, FeatureDef, GroupDef, Where
+from featureplane.pipelines.algebra import MAX_EXACT_INT, SUM_CAP, Partial, partials_of
+from featureplane.pipelines.registry import DerivedDef, FeatureDef, GroupDef, Where
 
 TS = "ts_us"
 KEY = "key_id"

@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pipelines.canonical import sha256_ref
-from runtime.errors import TerminalError
+from featureplane.pipelines.canonical import sha256_ref
+from featureplane.runtime.errors import TerminalError
 
 Agg = Literal["count", "sum", "max", "mean", "count_distinct"]
 AGGS: tuple[str, ...] = ("count", "sum", "max", "mean", "count_distinct")

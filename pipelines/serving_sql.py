@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.algebra import (
+from featureplane.pipelines.algebra import (
     SUM_CAP,
     Partial,
     edge_spans,
@@ -24,8 +24,8 @@ from pipelines.algebra import (
     partials_of,
     window_bounds,
 )
-from pipelines.buckets import LAST_TS, bucket_plan, raw_intervals, uses_buckets
-from pipelines.registry import FeatureDef, GroupDef
+from featureplane.pipelines.buckets import LAST_TS, bucket_plan, raw_intervals, uses_buckets
+from featureplane.pipelines.registry import FeatureDef, GroupDef
 
 RAW = "c"  # alias of the contributions relation in generated SQL
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from online.bus.base import EventBus
-from runtime.migrations import migrate
-from runtime.postgres import Database
-from runtime.settings import Settings, load_settings
+from featureplane.online.bus.base import EventBus
+from featureplane.runtime.migrations import migrate
+from featureplane.runtime.postgres import Database
+from featureplane.runtime.settings import Settings, load_settings
 
 
 @dataclass
@@ -21,25 +21,25 @@ class App:
 
     @cached_property
     def bus(self) -> EventBus:
-        from online.bus.factory import open_bus
+        from featureplane.online.bus.factory import open_bus
 
         return open_bus(self.settings.bus)
 
     @cached_property
     def store(self):  # -> lake.object_store.ObjectStore
-        from lake.object_store import open_store
+        from featureplane.lake.object_store import open_store
 
         return open_store(self.settings.object_store)
 
     @cached_property
     def lake(self):  # -> lake.delta.DeltaLake
-        from lake.delta import open_lake
+        from featureplane.lake.delta import open_lake
 
         return open_lake(self.settings.object_store)
 
     @cached_property
     def registry(self):  # -> pipelines.registry.Registry
-        from config import default_registry
+        from featureplane.config import default_registry
 
         return default_registry()
 
@@ -47,7 +47,7 @@ class App:
         """Create or migrate everything the profile needs; idempotent."""
         self.settings.home.mkdir(parents=True, exist_ok=True)
         applied = migrate(self.db)
-        from schemas.streams import STREAMS
+        from featureplane.schemas.streams import STREAMS
 
         for stream in STREAMS:
             self.bus.ensure_stream(stream)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import FpError, TerminalError
+from featureplane.runtime.errors import FpError, TerminalError
 
 Handler = Callable[[argparse.Namespace], int]
 EXIT_OK, EXIT_PARTIAL, EXIT_CANNOT_RUN = 0, 1, 2
@@ -23,7 +23,7 @@ def _print_json(value: Any) -> None:
 
 def _error_body(code: str, message: str, retryable: bool) -> dict[str, Any]:
     """The one error shape a program reads (SPEC §5 error_response), for every command."""
-    from pipelines.snapshot import error_response
+    from featureplane.pipelines.snapshot import error_response
 
     return error_response(code, message, retryable, None)
 
@@ -43,7 +43,7 @@ def _open_input(path: str) -> Any:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from runtime.app import App
+    from featureplane.runtime.app import App
 
     applied = App().init()
     sys.stderr.write(f"initialised; migrations applied now: {applied or 'none'}\n")
@@ -51,9 +51,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from online.admission import Publisher, read_lines
-    from runtime.app import App
-    from schemas.streams import stream_spec
+    from featureplane.online.admission import Publisher, read_lines
+    from featureplane.runtime.app import App
+    from featureplane.schemas.streams import stream_spec
 
     stream_spec(args.stream)  # an unknown stream is an error before anything is read
     source = str(args.file)
@@ -69,7 +69,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from runtime.simulation_job import run_simulation
+    from featureplane.runtime.simulation_job import run_simulation
 
     summary = run_simulation(
         transactions=args.transactions, seed=args.seed, out=args.out, publish=not args.no_publish,
@@ -80,8 +80,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from runtime.app import App
-    from runtime.workers import run_workers
+    from featureplane.runtime.app import App
+    from featureplane.runtime.workers import run_workers
 
     app = App()
     app.init()
@@ -94,7 +94,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def _read_requests(source: str) -> tuple[list[Any], bool]:
     """One JSON request document, or JSONL of many: (requests, single). A line that is not JSON,
     or longer than 1 MiB, stays in its place as None (answered with an INVALID_REQUEST)."""
-    from online.admission import BadLine, read_lines
+    from featureplane.online.admission import BadLine, read_lines
 
     with _open_input(source) as handle:
         try:
@@ -135,9 +135,9 @@ class _Prefixed:
 
 
 def cmd_get_features(args: argparse.Namespace) -> int:
-    from online.serving import FeatureServer
-    from online.snapshot_store import flush_outbox
-    from runtime.app import App
+    from featureplane.online.serving import FeatureServer
+    from featureplane.online.snapshot_store import flush_outbox
+    from featureplane.runtime.app import App
 
     requests, single = _read_requests(args.request)
     app = App()
@@ -156,8 +156,8 @@ def cmd_get_features(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot_get(args: argparse.Namespace) -> int:
-    from online.snapshot_store import get_snapshot
-    from runtime.app import App
+    from featureplane.online.snapshot_store import get_snapshot
+    from featureplane.runtime.app import App
 
     app = App()
     _print_json(get_snapshot(app.db, app.store, args.hash))
@@ -165,8 +165,8 @@ def cmd_snapshot_get(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from online.health import health_report
-    from runtime.app import App
+    from featureplane.online.health import health_report
+    from featureplane.runtime.app import App
 
     app = App()
     report = health_report(app)
@@ -175,8 +175,8 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_ofs_build(args: argparse.Namespace) -> int:
-    from offline.ofs import run_intent
-    from runtime.app import App
+    from featureplane.offline.ofs import run_intent
+    from featureplane.runtime.app import App
 
     app = App()
     app.init()
@@ -184,10 +184,10 @@ def cmd_ofs_build(args: argparse.Namespace) -> int:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError:
-        from offline.intents import IntentRejected
+        from featureplane.offline.intents import IntentRejected
 
         raise IntentRejected("INTENT_MALFORMED", "the intent file is not JSON") from None
-    from lake.audit import export_audit
+    from featureplane.lake.audit import export_audit
 
     try:
         _print_json(run_intent(app, raw))
@@ -197,8 +197,8 @@ def cmd_ofs_build(args: argparse.Namespace) -> int:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from offline.parity import run_parity
-    from runtime.app import App
+    from featureplane.offline.parity import run_parity
+    from featureplane.runtime.app import App
 
     app = App()
     app.init()
@@ -209,8 +209,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from lake.query import run_query
-    from runtime.app import App
+    from featureplane.lake.query import run_query
+    from featureplane.runtime.app import App
 
     app = App()
     try:
@@ -236,8 +236,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_context_resolve(args: argparse.Namespace) -> int:
-    from online.context_store import ContextReader
-    from runtime.app import App
+    from featureplane.online.context_store import ContextReader
+    from featureplane.runtime.app import App
 
     answer = ContextReader(App().db).resolve(args.platform_run_id, args.run_id, args.flow_id)
     _print_json(answer)
@@ -245,8 +245,8 @@ def cmd_context_resolve(args: argparse.Namespace) -> int:
 
 
 def cmd_context_frame(args: argparse.Namespace) -> int:
-    from online.context_store import ContextReader
-    from runtime.app import App
+    from featureplane.online.context_store import ContextReader
+    from featureplane.runtime.app import App
 
     answer = ContextReader(App().db).fetch_frame(args.platform_run_id, args.run_id, args.merchant_id,
                                                  args.arrival_seq)
@@ -259,8 +259,8 @@ def cmd_bus_skip(args: argparse.Namespace) -> int:
     import getpass
     import socket
 
-    from runtime.app import App
-    from schemas.streams import stream_spec
+    from featureplane.runtime.app import App
+    from featureplane.schemas.streams import stream_spec
 
     stream_spec(args.stream)
     if not args.reason.strip():
@@ -282,7 +282,7 @@ def cmd_bus_skip(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from runtime.demo import run_demo
+    from featureplane.runtime.demo import run_demo
 
     return run_demo(transactions=args.transactions, seed=args.seed)
 

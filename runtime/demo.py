@@ -8,22 +8,21 @@ from __future__ import annotations
 
 import time
 
+from featureplane.pipelines.canonical import sha256_ref
+from featureplane.runtime.app import App
+from featureplane.runtime.simulation_job import run_simulation
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.canonical import sha256_ref
-from runtime.app import App
-from runtime.simulation_job import run_simulation
-
 
 def run_demo(*, transactions: int = 2000, seed: int = 7, requests: int = 200) -> int:
-    from lake.query import run_query
-    from offline.ofs import run_intent
-    from offline.parity import run_parity
-    from online.serving import FeatureServer
-    from online.snapshot_store import flush_outbox
-    from runtime.simulate import SimulationPlan, request_mix
-    from runtime.workers import run_workers
+    from featureplane.lake.query import run_query
+    from featureplane.offline.ofs import run_intent
+    from featureplane.offline.parity import run_parity
+    from featureplane.online.serving import FeatureServer
+    from featureplane.online.snapshot_store import flush_outbox
+    from featureplane.runtime.simulate import SimulationPlan, request_mix
+    from featureplane.runtime.workers import run_workers
 
     console = Console()
     app = App()
@@ -68,7 +67,7 @@ def run_demo(*, transactions: int = 2000, seed: int = 7, requests: int = 200) ->
         console.print(f"   e.g. {first['snapshot']['feature_snapshot_hash']} at "
                       f"{first['snapshot']['as_of_time_utc']}, basis {first['provenance']['input_basis']}")
 
-    from online.context_store import ContextReader
+    from featureplane.online.context_store import ContextReader
 
     reader = ContextReader(app.db)
     answers = [reader.resolve(plan.run_id(), plan.pins()["run_id"], f"flow_{seed}_{n:09d}")
@@ -104,7 +103,7 @@ def run_demo(*, transactions: int = 2000, seed: int = 7, requests: int = 200) ->
     console.print(f"5. parity: {parity['matched']}/{parity['checked']} snapshots rebuilt from the archive "
                   f"with the same hash, {parity['mismatched']} mismatched")
 
-    from lake.audit import export_audit
+    from featureplane.lake.audit import export_audit
 
     export_audit(app.db, app.lake)
     query = ("SELECT group_name, count(DISTINCT snapshot_hash) AS snapshots, count(*) AS feature_values "

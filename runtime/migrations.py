@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-from runtime.errors import TerminalError
-from runtime.postgres import Database
+from featureplane.runtime.errors import TerminalError
+from featureplane.runtime.postgres import Database
 
 MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$", re.ASCII)
 LOCK_KEY = 0x6670_6D69  # 'fpmi': one advisory lock serialises concurrent migrators
@@ -27,7 +27,7 @@ class Migration:
 
 def discover() -> list[Migration]:
     found: list[Migration] = []
-    for entry in resources.files("runtime.sql").iterdir():
+    for entry in resources.files("featureplane.runtime.sql").iterdir():
         match = MIGRATION_NAME.fullmatch(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), match.group(2), entry.read_text()))

@@ -12,15 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-
-from runtime.errors import Unavailable
-from runtime.secrets import Secret
-from runtime.settings import DsnPostgres, EmbeddedPostgres
+from featureplane.runtime.errors import Unavailable
+from featureplane.runtime.secrets import Secret
+from featureplane.runtime.settings import DsnPostgres, EmbeddedPostgres
 
 
 def start_embedded(data_dir: Path, *, stop_at_exit: bool = False, settings: dict[str, str] | None = None) -> Secret:
     """Start (or join) the embedded server whose data lives in `data_dir`; return its DSN."""
-    from runtime.embedded_pg import EmbeddedServer
+    from featureplane.runtime.embedded_pg import EmbeddedServer
 
     server = EmbeddedServer(data_dir, settings)
     dsn = Secret(server.ensure_running())

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-
-from config import CONFIG_DIR
-from runtime.errors import ConfigError
-from runtime.secrets import Secret
+from featureplane.config import CONFIG_DIR
+from featureplane.runtime.errors import ConfigError
+from featureplane.runtime.secrets import Secret
 
 PROFILE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.timefmt import format_ts, parse_rfc3339
-from schemas.streams import ARRIVAL_ENTITIES, ARRIVAL_EVENTS, FLOW_ANCHOR, LABELS, TRAFFIC
+from featureplane.pipelines.timefmt import format_ts, parse_rfc3339
+from featureplane.schemas.streams import ARRIVAL_ENTITIES, ARRIVAL_EVENTS, FLOW_ANCHOR, LABELS, TRAFFIC
 
 SECOND = 1_000_000
 CHANNELS = ("card_present", "ecom", "mobile")

@@ -7,10 +7,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from featureplane.runtime.simulate import SimulationPlan, apply_disorder, simulate
+from featureplane.schemas.streams import STREAMS, TRAFFIC
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-from runtime.simulate import SimulationPlan, apply_disorder, simulate
-from schemas.streams import STREAMS, TRAFFIC
 
 FLUSH_EVERY = 20_000
 
@@ -22,8 +21,8 @@ def run_simulation(
     plan = SimulationPlan(seed=seed, transactions=transactions)
     publisher = None
     if publish:
-        from online.admission import Publisher
-        from runtime.app import App
+        from featureplane.online.admission import Publisher
+        from featureplane.runtime.app import App
 
         app = app or App()
         app.init()

@@ -7,16 +7,16 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from lake.archive import ArchiveStats, ArchiveWriter, archive_progress
-from lake.audit import export_audit
-from online.checkpoints import TRANSIENT_ERRORS, watermarks
-from online.context_store import CONSUMER as CONTEXT_CONSUMER
-from online.context_store import ContextStats, ContextWorker
-from online.ofp_state import CONSUMER as OFP_CONSUMER
-from online.ofp_worker import OfpWorker, WorkerStats
-from online.snapshot_store import flush_outbox
-from runtime.errors import TerminalError
-from schemas.streams import CONTEXT_STREAMS, STREAMS, TRAFFIC
+from featureplane.lake.archive import ArchiveStats, ArchiveWriter, archive_progress
+from featureplane.lake.audit import export_audit
+from featureplane.online.checkpoints import TRANSIENT_ERRORS, watermarks
+from featureplane.online.context_store import CONSUMER as CONTEXT_CONSUMER
+from featureplane.online.context_store import ContextStats, ContextWorker
+from featureplane.online.ofp_state import CONSUMER as OFP_CONSUMER
+from featureplane.online.ofp_worker import OfpWorker, WorkerStats
+from featureplane.online.snapshot_store import flush_outbox
+from featureplane.runtime.errors import TerminalError
+from featureplane.schemas.streams import CONTEXT_STREAMS, STREAMS, TRAFFIC
 
 
 class WorkerTimeout(TerminalError):
@@ -117,8 +117,7 @@ def write_reconciliations(app: Any) -> list[dict[str, Any]]:
     import json
 
     import pyarrow as pa
-
-    from online.context_store import reconciliation
+    from featureplane.online.context_store import reconciliation
 
     with app.db.transaction() as conn:
         runs = [r[0] for r in conn.execute(

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pandera.polars as pa
 import polars as pl
-
-from schemas.envelope import ENTITY_ID, EVENT_ID, PIN
+from featureplane.schemas.envelope import ENTITY_ID, EVENT_ID, PIN
 
 CHANNEL_VALUES = ["card_present", "ecom", "mobile"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.registry import GroupDef, Registry
-from pipelines.timefmt import TimestampError, format_ts, parse_rfc3339
-from runtime.errors import RejectedEvent, TerminalError
-from schemas.envelope import EVENT_ID, KEY_TYPES, is_entity_id, validate_pins
+from featureplane.pipelines.registry import GroupDef, Registry
+from featureplane.pipelines.timefmt import TimestampError, format_ts, parse_rfc3339
+from featureplane.runtime.errors import RejectedEvent, TerminalError
+from featureplane.schemas.envelope import EVENT_ID, KEY_TYPES, is_entity_id, validate_pins
 
 CONTRACT_VERSION = "ofp_public_contracts_v0"
 MAX_KEYS = 100

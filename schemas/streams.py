@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.errors import TerminalError
+from featureplane.runtime.errors import TerminalError
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from runtime.migrations import migrate
-from runtime.postgres import Database, start_embedded
+from featureplane.runtime.migrations import migrate
+from featureplane.runtime.postgres import Database, start_embedded
 
 _counter = itertools.count()
 
@@ -64,8 +63,8 @@ def fp_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture()
 def app(db: Database, fp_home: Path, monkeypatch: pytest.MonkeyPatch):
     """An App on the test's database and FP_HOME (the local profile otherwise)."""
-    from runtime.app import App
-    from runtime.settings import load_settings
+    from featureplane.runtime.app import App
+    from featureplane.runtime.settings import load_settings
 
     monkeypatch.setenv("FP_PG_DSN", db.dsn.reveal())
     application = App(load_settings())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipelines.timefmt import format_ts, parse_rfc3339
+from featureplane.pipelines.timefmt import format_ts, parse_rfc3339
 
 PINS = {"scenario_id": "scn_t", "run_id": "run_t", "manifest_fingerprint": "mf_t", "parameter_hash": "ph_t"}
 T0 = parse_rfc3339("2026-01-03T12:00:00Z")
@@ -43,7 +43,7 @@ def request(keys: list[tuple[str, str]], groups: list[tuple[str, str]], as_of_us
 
 def serve(app: Any, req: dict[str, Any]) -> dict[str, Any]:
     """One get_features call on a fresh in-process server."""
-    from online.serving import FeatureServer
+    from featureplane.online.serving import FeatureServer
 
     server = FeatureServer(app.db, app.bus, app.registry)
     try:
@@ -85,6 +85,6 @@ def run_fp(app: Any, fp_home: Any, *args: str, stdin: bytes | None = None, env: 
     root = Path(__file__).resolve().parent.parent
     full_env = {**os.environ, "FP_PG_DSN": app.db.dsn.reveal(), "FP_HOME": str(fp_home), "PYTHONPATH": str(root),
                 **(env or {})}
-    done = subprocess.run([sys.executable, "-m", "runtime.cli", *args], env=full_env, cwd=root, input=stdin,
-                          capture_output=True, timeout=timeout)
+    done = subprocess.run([sys.executable, "-m", "featureplane.runtime.cli", *args], env=full_env, cwd=root,
+                          input=stdin, capture_output=True, timeout=timeout)
     return done.returncode, done.stdout.decode(), done.stderr.decode()

@@ -65,6 +65,6 @@ def features(events: list[dict[str, Any]], group: str, key_id: str, as_of_us: in
 
 
 def flatten(event: dict[str, Any]) -> dict[str, Any]:
-    from pipelines.timefmt import parse_rfc3339
+    from featureplane.pipelines.timefmt import parse_rfc3339
 
     return {**event["payload"], "ts_us": parse_rfc3339(event["ts_utc"])}

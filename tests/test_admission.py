@@ -1,8 +1,9 @@
 import json
 
-from online.admission import Publisher
-from online.bus.embedded import EmbeddedBus
-from schemas.streams import LABELS, TRAFFIC
+from featureplane.online.admission import Publisher
+from featureplane.online.bus.embedded import EmbeddedBus
+from featureplane.schemas.streams import LABELS, TRAFFIC
+
 from tests.helpers import T0, lines, txn
 
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import random
 
 import polars as pl
+from featureplane.config import default_registry
+from featureplane.online.admission import Publisher
+from featureplane.online.ofp_worker import OfpWorker
+from featureplane.pipelines.features import TS
+from featureplane.schemas.streams import TRAFFIC
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from config import default_registry
-from online.admission import Publisher
-from online.ofp_worker import OfpWorker
-from pipelines.features import TS
-from schemas.streams import TRAFFIC
 from tests import reference
 from tests.helpers import T0, S, lines, request, serve, txn
 
@@ -44,8 +44,9 @@ def test_generated_sql_equals_the_plain_python_reference(pg_server, tmp_path_fac
     """Serving's generated SQL, raw and bucketed alike (every group bucketed at `width_hours`), against
     tests/reference: random events in disorder, producer-retry duplicates, as-of times on and beside
     bucket edges, empty windows, and amounts large enough that sums leave 2^53 - 1."""
-    from runtime.app import App
-    from runtime.settings import load_settings
+    from featureplane.runtime.app import App
+    from featureplane.runtime.settings import load_settings
+
     from tests.conftest import fresh_database
 
     rng = random.Random(seed)
@@ -130,8 +131,8 @@ def test_hot_merchant_served_exactly_without_reading_its_window(app, monkeypatch
 
 def _contribution_rows_read(app, key_id: str, as_of: int) -> int:
     """Rows the generated serving statement reads from ofp_events (EXPLAIN ANALYZE)."""
-    from online.ofp_state import bucket_specs, register_groups
-    from pipelines.serving_sql import GroupQuery, plan_serving
+    from featureplane.online.ofp_state import bucket_specs, register_groups
+    from featureplane.pipelines.serving_sql import GroupQuery, plan_serving
 
     group = app.registry.get("merchant_activity", "1.0")
     with app.db.transaction() as conn:

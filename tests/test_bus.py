@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from online.bus.base import partition_for
-from online.bus.embedded import EmbeddedBus
-from schemas.streams import TRAFFIC
+from featureplane.online.bus.base import partition_for
+from featureplane.online.bus.embedded import EmbeddedBus
+from featureplane.schemas.streams import TRAFFIC
 
 
 @pytest.fixture(params=["embedded", "kinesis"])
@@ -25,8 +24,7 @@ def bus(request, tmp_path):
         return EmbeddedBus(tmp_path / "bus", 4)
     endpoint = request.getfixturevalue("moto_endpoint")
     import boto3
-
-    from online.bus.kinesis import KinesisEventBus
+    from featureplane.online.bus.kinesis import KinesisEventBus
 
     client = boto3.client("kinesis", region_name="us-east-1", endpoint_url=endpoint)
     name_bus = KinesisEventBus(client, 4)
@@ -90,7 +88,7 @@ def test_embedded_offsets_are_dense_integers(tmp_path):
 
 
 def test_unknown_stream_is_refused(tmp_path):
-    from runtime.errors import TerminalError
+    from featureplane.runtime.errors import TerminalError
 
     bus = EmbeddedBus(tmp_path / "bus", 2)
     with pytest.raises(TerminalError):
@@ -123,7 +121,7 @@ def test_kill_9_mid_append_never_leaves_a_torn_record(tmp_path):
     root = tmp_path / "bus"
     script = textwrap.dedent(f"""
         import sys
-        from online.bus.embedded import EmbeddedBus
+        from featureplane.online.bus.embedded import EmbeddedBus
         bus = EmbeddedBus({str(root)!r}, 1)
         bus.ensure_stream({TRAFFIC!r})
         print("ready", flush=True)

@@ -6,14 +6,14 @@ import json
 import random
 
 import pytest
+from featureplane.online.admission import Publisher
+from featureplane.online.context_store import ContextReader, ContextWorker, context_digest, rebuild_context
+from featureplane.online.health import health_report
+from featureplane.runtime.errors import TerminalError
+from featureplane.runtime.simulation_job import run_simulation
+from featureplane.runtime.workers import run_workers
+from featureplane.schemas.streams import ARRIVAL_ENTITIES, ARRIVAL_EVENTS, CONTEXT_STREAMS, FLOW_ANCHOR
 
-from online.admission import Publisher
-from online.context_store import ContextReader, ContextWorker, context_digest, rebuild_context
-from online.health import health_report
-from runtime.errors import TerminalError
-from runtime.simulation_job import run_simulation
-from runtime.workers import run_workers
-from schemas.streams import ARRIVAL_ENTITIES, ARRIVAL_EVENTS, CONTEXT_STREAMS, FLOW_ANCHOR
 from tests.conftest import fresh_database
 from tests.helpers import PINS, T0, kill_9_repeatedly
 
@@ -21,7 +21,7 @@ RUN = "prun_t"
 
 
 def envelope(event_type: str, event_id: str, payload: dict, *, pins=None, run=RUN, ts=T0) -> dict:
-    from pipelines.timefmt import format_ts
+    from featureplane.pipelines.timefmt import format_ts
 
     return {"event_id": event_id, "event_type": event_type, "schema_version": "v1", "ts_utc": format_ts(ts),
             "context_pins": pins or PINS, "seed": 1, "platform_run_id": run, "payload": payload}
@@ -164,7 +164,8 @@ def test_simulated_run_replays_identically_and_survives_kill_9(app, fp_home, pg_
     run_simulation(transactions=800, seed=4, out=None, publish=True, duplicates=0.05, disorder=0.3, progress=False,
                    app=app)
     app.bus.append(ARRIVAL_EVENTS, [("x", b"not json")])
-    script = ("from runtime.app import App\nfrom online.context_store import ContextWorker\napp = App()\n"
+    script = ("from featureplane.runtime.app import App\n"
+              "from featureplane.online.context_store import ContextWorker\napp = App()\n"
               "w = ContextWorker(app.db, app.bus, batch_size=23, owner='crashy')\nprint('ready', flush=True)\n"
               "while True:\n    w.run_until_idle()\n")
     kill_9_repeatedly(app, fp_home, script, (0.4, 1.0))
@@ -190,7 +191,7 @@ def test_simulated_run_replays_identically_and_survives_kill_9(app, fp_home, pg_
 
 
 def test_workers_write_a_reconciliation_artifact_per_run(app):
-    from lake.query import run_query
+    from featureplane.lake.query import run_query
 
     publish(app, FLOW_ANCHOR, [anchor("f1"), anchor("f1", seq=3, event_id="conflict")])
     publish(app, ARRIVAL_EVENTS, [arrival()])

@@ -5,11 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
+from featureplane.runtime.errors import RejectedEvent
+from featureplane.schemas.envelope import normalize_event
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from runtime.errors import RejectedEvent
-from schemas.envelope import normalize_event
 from tests.helpers import T0, request, txn
 
 CONTRACTS = Path(__file__).resolve().parent.parent / "schemas" / "contracts"
@@ -70,15 +70,16 @@ def test_envelope_schema_agrees_with_validator(mutate, valid):
 def test_request_and_error_examples_match_their_schemas():
     assert validator("get_features_request.schema.json").is_valid(
         request([("account", "a1")], [("txn_velocity", "1.0")], T0))
-    from pipelines.snapshot import error_response
+    from featureplane.pipelines.snapshot import error_response
 
     assert validator("error_response.schema.json").is_valid(error_response("NOT_FOUND", "x", False, None))
 
 
 def test_served_response_matches_the_response_schema(app):
-    from online.admission import Publisher
-    from online.ofp_worker import OfpWorker
-    from online.serving import FeatureServer
+    from featureplane.online.admission import Publisher
+    from featureplane.online.ofp_worker import OfpWorker
+    from featureplane.online.serving import FeatureServer
+
     from tests.helpers import S, lines
 
     Publisher(app.db, app.bus).publish("fp.bus.traffic.fraud.v1", lines([txn(i, T0 + i * S) for i in range(5)]), "t")
@@ -122,8 +123,8 @@ def _intent() -> dict:
     (lambda i: i.update(intent_kind="parity_rebuild") or i.pop("observation_scope"), True),
 ])
 def test_build_intent_schema_agrees_with_parse_intent(mutate, valid):
-    from config import default_registry
-    from offline.intents import IntentRejected, parse_intent
+    from featureplane.config import default_registry
+    from featureplane.offline.intents import IntentRejected, parse_intent
 
     intent = _intent()
     mutate(intent)

@@ -7,17 +7,17 @@ import json
 import random
 
 import pytest
+from featureplane.lake.archive import archive_progress
+from featureplane.offline.intents import IntentRejected, parse_intent
+from featureplane.offline.ledger import IllegalTransition, RunLedger, run_key_for
+from featureplane.offline.ofs import run_intent
+from featureplane.pipelines.timefmt import parse_rfc3339
+from featureplane.runtime.errors import FpError
+from featureplane.runtime.simulate import SimulationPlan, simulate
+from featureplane.runtime.simulation_job import run_simulation
+from featureplane.runtime.workers import run_workers
+from featureplane.schemas.streams import LABELS, TRAFFIC
 
-from lake.archive import archive_progress
-from offline.intents import IntentRejected, parse_intent
-from offline.ledger import IllegalTransition, RunLedger, run_key_for
-from offline.ofs import run_intent
-from pipelines.timefmt import parse_rfc3339
-from runtime.errors import FpError
-from runtime.simulate import SimulationPlan, simulate
-from runtime.simulation_job import run_simulation
-from runtime.workers import run_workers
-from schemas.streams import LABELS, TRAFFIC
 from tests import reference
 
 GROUPS = [("card_velocity", "1.0"), ("customer_spend", "1.0"), ("device_reuse", "1.0"),
@@ -102,7 +102,7 @@ def test_same_intent_twice_gives_the_same_fingerprint_and_identical_bytes(app, r
     again = run_intent(app, intent(run, app, request_id="a"))  # idempotent: the finished run's manifest
     assert again == first
     other = intent(run, app, request_id="b")
-    from offline.datasets import build_dataset
+    from featureplane.offline.datasets import build_dataset
 
     rebuilt = build_dataset(app.lake, parse_intent(other, app.registry))
     assert rebuilt.manifest["dataset_fingerprint"] == first["dataset_fingerprint"]

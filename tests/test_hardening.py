@@ -8,13 +8,13 @@ import os
 from pathlib import Path
 
 import pytest
+from featureplane.online.admission import Publisher, encode_event
+from featureplane.online.checkpoints import Lease, apply_isolating
+from featureplane.online.serving import FeatureServer
+from featureplane.online.snapshot_store import flush_outbox
+from featureplane.runtime.workers import WorkerTimeout, run_workers
+from featureplane.schemas.streams import TRAFFIC
 
-from online.admission import Publisher, encode_event
-from online.checkpoints import Lease, apply_isolating
-from online.serving import FeatureServer
-from online.snapshot_store import flush_outbox
-from runtime.workers import WorkerTimeout, run_workers
-from schemas.streams import TRAFFIC
 from tests.helpers import PINS, T0, S, lines, request, run_fp, serve, txn
 
 ERROR_KEYS = {"kind", "contract_version", "error_code", "message", "retryable"}
@@ -133,7 +133,7 @@ def test_a_record_the_worker_cannot_apply_is_ledgered_and_the_partition_moves_on
 
 
 def run_health(app) -> dict:
-    from online.health import health_report
+    from featureplane.online.health import health_report
 
     return health_report(app)
 
@@ -142,8 +142,7 @@ def test_storage_rejections_are_isolated_to_the_records_that_cause_them(app):
     """The safety net behind the shared decoder: a batch that fails for a reason in its records is
     split until the failing records stand alone; each goes to the ledger, every other record applies."""
     import psycopg
-
-    from online.checkpoints import claim
+    from featureplane.online.checkpoints import claim
 
     poison = {7, 19, 20}
     applied: list[int] = []
@@ -151,7 +150,7 @@ def test_storage_rejections_are_isolated_to_the_records_that_cause_them(app):
     def apply_batch(lease: Lease, records, next_offset):
         if poison & {o for _, o, _ in records}:
             raise psycopg.errors.NumericValueOutOfRange("bigint out of range")
-        from online.checkpoints import advance
+        from featureplane.online.checkpoints import advance
 
         with app.db.transaction() as conn:
             applied.extend(o for _, o, _ in records)
@@ -168,7 +167,7 @@ def test_storage_rejections_are_isolated_to_the_records_that_cause_them(app):
 
 
 def test_sums_beyond_2_53_are_served_null_with_a_warning_and_parity_holds(app):
-    from offline.parity import run_parity
+    from featureplane.offline.parity import run_parity
 
     big = 2**53 - 1
     events = [txn(i, T0 + i * S, amount=big, merchant="hot") for i in range(3)]
@@ -300,9 +299,9 @@ def test_sql_is_locked_to_the_lakes_unless_allowed(app, fp_home, tmp_path):
 
 
 def test_embedded_postgres_runs_under_a_home_with_spaces_and_non_ascii(tmp_path):
-    from runtime.embedded_pg import EmbeddedServer
-    from runtime.postgres import Database
-    from runtime.secrets import Secret
+    from featureplane.runtime.embedded_pg import EmbeddedServer
+    from featureplane.runtime.postgres import Database
+    from featureplane.runtime.secrets import Secret
 
     home = tmp_path / "fp home ü"
     home.mkdir()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from online.admission import Publisher
-from online.health import health_report
-from online.serving import FeatureServer
-from runtime.workers import run_workers
-from schemas.streams import TRAFFIC
+from featureplane.online.admission import Publisher
+from featureplane.online.health import health_report
+from featureplane.online.serving import FeatureServer
+from featureplane.runtime.workers import run_workers
+from featureplane.schemas.streams import TRAFFIC
+
 from tests.helpers import T0, S, lines, request, txn
 
 

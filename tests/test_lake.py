@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from featureplane.lake.archive import ArchiveWriter, archive_progress, read_basis, table_name
+from featureplane.lake.delta import DeltaLake, open_lake
+from featureplane.lake.query import run_query
+from featureplane.online.admission import Publisher
+from featureplane.runtime.settings import AwsCredentials, S3ObjectStore
+from featureplane.runtime.simulation_job import run_simulation
+from featureplane.runtime.workers import run_workers
+from featureplane.schemas.streams import STREAMS, TRAFFIC
 
-from lake.archive import ArchiveWriter, archive_progress, read_basis, table_name
-from lake.delta import DeltaLake, open_lake
-from lake.query import run_query
-from online.admission import Publisher
-from runtime.settings import AwsCredentials, S3ObjectStore
-from runtime.simulation_job import run_simulation
-from runtime.workers import run_workers
-from schemas.streams import STREAMS, TRAFFIC
 from tests.helpers import T0, S, kill_9_repeatedly, lines, txn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +101,8 @@ def test_kill_9_during_archiving_then_restart_archives_each_record_once(app, fp_
     run_simulation(transactions=1500, seed=5, out=None, publish=True, progress=False, app=app)
     script = (
         "import os\n"
-        "from runtime.app import App\nfrom lake.archive import ArchiveWriter\nfrom schemas.streams import STREAMS\n"
+        "from featureplane.runtime.app import App\nfrom featureplane.lake.archive import ArchiveWriter\n"
+        "from featureplane.schemas.streams import STREAMS\n"
         "app = App()\nw = ArchiveWriter(app.db, app.bus, app.lake, max_records_per_commit=97, read_batch=97)\n"
         "w.on_progress = lambda s, n: print('c', flush=True)\n"
         "while True:\n    w.archive_all(list(STREAMS))\n"
@@ -117,7 +118,7 @@ def test_kill_9_during_archiving_then_restart_archives_each_record_once(app, fp_
 def test_archive_on_s3_through_moto(app, moto_endpoint):
     settings = S3ObjectStore("s3", bucket="fp-archive-test", prefix="fp", region="us-east-1",
                              endpoint_url=moto_endpoint, credentials=AwsCredentials(None, None, None))
-    from lake.object_store import s3_client
+    from featureplane.lake.object_store import s3_client
 
     s3_client(settings).create_bucket(Bucket="fp-archive-test")
     lake = open_lake(settings)
@@ -131,8 +132,9 @@ def test_archive_on_s3_through_moto(app, moto_endpoint):
 
 
 def test_duckdb_views_over_archive_snapshots_audit_and_datasets(app):
-    from online.serving import FeatureServer
-    from online.snapshot_store import flush_outbox
+    from featureplane.online.serving import FeatureServer
+    from featureplane.online.snapshot_store import flush_outbox
+
     from tests.helpers import request
 
     _publish(app, 40)

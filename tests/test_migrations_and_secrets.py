@@ -5,11 +5,10 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from runtime.errors import ConfigError
-from runtime.migrations import discover, migrate
-from runtime.secrets import Secret
-from runtime.settings import load_settings
+from featureplane.runtime.errors import ConfigError
+from featureplane.runtime.migrations import discover, migrate
+from featureplane.runtime.secrets import Secret
+from featureplane.runtime.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,8 +54,8 @@ def test_sentinel_password_never_reaches_output_or_artifacts(tmp_path):
            "AWS_ACCESS_KEY_ID": "AKIA" + sentinel, "AWS_SECRET_ACCESS_KEY": sentinel, "AWS_DEFAULT_REGION": "us-east-1"}
     outputs = []
     for argv in (["init"], ["health"], ["get-features", "--request", "-"]):
-        proc = subprocess.run([sys.executable, "-m", "runtime.cli", *argv], input="{}", capture_output=True,
-                              text=True, env=env, cwd=REPO, timeout=120)
+        proc = subprocess.run([sys.executable, "-m", "featureplane.runtime.cli", *argv], input="{}",
+                              capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
         outputs.append(proc.stdout + proc.stderr)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, argv
         body = json.loads(proc.stdout)  # errors are JSON a program can read

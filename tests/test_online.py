@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import random
 
+from featureplane.online.admission import Publisher
+from featureplane.online.ofp_worker import OfpWorker
+from featureplane.online.serving import FeatureServer
+from featureplane.online.snapshot_store import flush_outbox, get_snapshot
+from featureplane.pipelines.snapshot import hashed_payload, snapshot_hash
+from featureplane.schemas.streams import TRAFFIC
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from online.admission import Publisher
-from online.ofp_worker import OfpWorker
-from online.serving import FeatureServer
-from online.snapshot_store import flush_outbox, get_snapshot
-from pipelines.snapshot import hashed_payload, snapshot_hash
-from schemas.streams import TRAFFIC
 from tests import reference
 from tests.helpers import PINS, T0, S, kill_9_repeatedly, lines, request, serve, txn
 
@@ -113,8 +113,8 @@ def test_dod6_out_of_order_is_event_time_driven(app):
 
 
 def test_dod8_unavailable_is_retryable_and_invents_nothing(app):
-    from runtime.postgres import Database
-    from runtime.secrets import Secret
+    from featureplane.runtime.postgres import Database
+    from featureplane.runtime.secrets import Secret
 
     publish_and_apply(app, [txn(1, T0)])
     server = FeatureServer(Database(Secret("postgresql://nobody@127.0.0.1:9/x?connect_timeout=1")), app.bus,
@@ -137,7 +137,7 @@ def test_snapshot_persisted_by_hash_once(app):
 
 
 def test_served_values_agree_with_brute_force_on_a_simulated_run(app):
-    from runtime.simulate import SimulationPlan, simulate
+    from featureplane.runtime.simulate import SimulationPlan, simulate
 
     plan = SimulationPlan(seed=3, transactions=300)
     events = [e for s, e in simulate(plan) if s == TRAFFIC]
@@ -164,8 +164,9 @@ def test_served_values_agree_with_brute_force_on_a_simulated_run(app):
 @given(order_seed=st.integers(0, 10_000), batch=st.integers(1, 7), dup_fraction=st.sampled_from([0.0, 0.3, 1.0]))
 def test_property_duplicates_disorder_and_batch_size_never_change_the_hash(pg_server, tmp_path_factory,
                                                                            order_seed, batch, dup_fraction):
-    from runtime.app import App
-    from runtime.settings import load_settings
+    from featureplane.runtime.app import App
+    from featureplane.runtime.settings import load_settings
+
     from tests.conftest import fresh_database
 
     rng = random.Random(order_seed)
@@ -203,8 +204,8 @@ def test_property_duplicates_disorder_and_batch_size_never_change_the_hash(pg_se
 
 
 def test_fenced_worker_cannot_apply_twice(app):
-    from online.checkpoints import Fenced, claim
-    from online.ofp_state import CONSUMER
+    from featureplane.online.checkpoints import Fenced, claim
+    from featureplane.online.ofp_state import CONSUMER
 
     Publisher(app.db, app.bus).publish(TRAFFIC, lines([txn(i, T0, event_id=f"x{i}") for i in range(8)]), "t")
     partition = next(p for p in app.bus.partitions(TRAFFIC) if app.bus.end_offsets(TRAFFIC)[p])
@@ -215,7 +216,7 @@ def test_fenced_worker_cannot_apply_twice(app):
     fresh = OfpWorker(app.db, app.bus, app.registry, owner="fresh")
     fresh.run_until_idle()
     batch = app.bus.read(TRAFFIC, partition, 0, 100)
-    from online.ofp_worker import WorkerStats
+    from featureplane.online.ofp_worker import WorkerStats
 
     try:
         stale.apply_batch(stale_lease, [(r.partition, r.offset, r.value) for r in batch.records],
@@ -245,7 +246,7 @@ def test_kill_9_during_apply_then_restart_counts_every_event_exactly_once(app, f
     Publisher(app.db, app.bus).publish(TRAFFIC, lines(events[:500]), "test")  # admission dedupes these
     app.bus.append(TRAFFIC, [(e["payload"]["flow_id"], json.dumps(e).encode()) for e in events[:300]])
     script = (
-        "from runtime.app import App\nfrom online.ofp_worker import OfpWorker\n"
+        "from featureplane.runtime.app import App\nfrom featureplane.online.ofp_worker import OfpWorker\n"
         "app = App()\n"
         "w = OfpWorker(app.db, app.bus, app.registry, batch_size=37, owner='crashy',"
         " bucketed={('merchant_activity', '1.0'): 3600_000_000})\n"
@@ -275,8 +276,7 @@ def test_kill_9_during_apply_then_restart_counts_every_event_exactly_once(app, f
 
 def test_a_failed_flush_is_counted_and_the_snapshot_stays_in_the_outbox(app, monkeypatch):
     import pytest
-
-    from runtime.errors import TransientError
+    from featureplane.runtime.errors import TransientError
 
     publish_and_apply(app, [txn(1, T0)])
     response = serve(app, request([("account", "a1")], [("txn_velocity", "1.0")], T0 + S))

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-from lake.archive import archive_progress
-from offline.parity import first_difference, run_parity
-from online.serving import FeatureServer
-from online.snapshot_store import flush_outbox, object_key
-from runtime.simulate import SimulationPlan, request_mix
-from runtime.simulation_job import run_simulation
-from runtime.workers import run_workers
-from schemas.streams import TRAFFIC
+from featureplane.lake.archive import archive_progress
+from featureplane.offline.parity import first_difference, run_parity
+from featureplane.online.serving import FeatureServer
+from featureplane.online.snapshot_store import flush_outbox, object_key
+from featureplane.runtime.simulate import SimulationPlan, request_mix
+from featureplane.runtime.simulation_job import run_simulation
+from featureplane.runtime.workers import run_workers
+from featureplane.schemas.streams import TRAFFIC
 
 
 def _serve(app, requests):

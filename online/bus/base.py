@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pipelines.events import SKIPPED_RECORD
-from runtime.errors import TerminalError
+from featureplane.pipelines.events import SKIPPED_RECORD
+from featureplane.runtime.errors import TerminalError
 
 __all__ = ["SKIPPED_RECORD", "BusCorrupt", "BusRecord", "EventBus", "ReadBatch", "partition_for"]
 

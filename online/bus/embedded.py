@@ -17,9 +17,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from online.bus.base import SKIPPED_RECORD, BusCorrupt, BusRecord, ReadBatch, partition_for
-from runtime.errors import TerminalError
-from schemas.streams import stream_spec
+from featureplane.online.bus.base import SKIPPED_RECORD, BusCorrupt, BusRecord, ReadBatch, partition_for
+from featureplane.runtime.errors import TerminalError
+from featureplane.schemas.streams import stream_spec
 
 HEADER = struct.Struct(">II")
 INDEX_ENTRY = struct.Struct(">Q")

@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from online.bus.base import BusRecord, ReadBatch, partition_for
-from runtime.errors import TerminalError, Unavailable
-from runtime.settings import KinesisBus, boto3_client
-from schemas.streams import stream_spec
+from featureplane.online.bus.base import BusRecord, ReadBatch, partition_for
+from featureplane.runtime.errors import TerminalError, Unavailable
+from featureplane.runtime.settings import KinesisBus, boto3_client
+from featureplane.schemas.streams import stream_spec
 
 PUT_BATCH = 500
 PUT_ATTEMPTS = 8

@@ -43,10 +43,10 @@ class Outcome:
 
 
 def make_app(dsn: str, home: Path) -> Any:
-    from runtime.app import App
-    from runtime.postgres import Database
-    from runtime.secrets import Secret
-    from runtime.settings import load_settings
+    from featureplane.runtime.app import App
+    from featureplane.runtime.postgres import Database
+    from featureplane.runtime.secrets import Secret
+    from featureplane.runtime.settings import load_settings
 
     home.mkdir(parents=True, exist_ok=True)
     app = App(load_settings({**os.environ, "FP_HOME": str(home), "FP_PG_DSN": dsn}))
@@ -58,8 +58,8 @@ def make_app(dsn: str, home: Path) -> Any:
 def publish_run(app: Any, seed: int, transactions: int) -> Any:
     """The same deterministic traffic, context and labels (with producer-retry duplicates on the
     bus and disorder) for every run of a seed; returns the plan."""
-    from runtime.simulate import SimulationPlan
-    from runtime.simulation_job import run_simulation
+    from featureplane.runtime.simulate import SimulationPlan
+    from featureplane.runtime.simulation_job import run_simulation
 
     run_simulation(transactions=transactions, seed=seed, out=None, publish=True, duplicates=0.05, disorder=0.1,
                    progress=False, app=app)
@@ -73,8 +73,9 @@ def fp_env(app: Any, **extra: str) -> dict[str, str]:
 
 
 def start_worker(app: Any, **extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "runtime.cli", "worker", "--until-idle", "--timeout", "120"],
-                            env=fp_env(app, **extra), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-m", "featureplane.runtime.cli", "worker", "--until-idle",
+                             "--timeout", "120"], env=fp_env(app, **extra), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
 
 
 def run_worker(app: Any, **extra: str) -> int:
@@ -121,8 +122,8 @@ def state_digest(app: Any) -> tuple[str, int, int]:
 
 def archive_positions(app: Any) -> tuple[dict[str, int], int]:
     """({stream/partition/offset: sha of value}, rows archived) over every stream's archive."""
-    from lake.archive import table_name
-    from schemas.streams import STREAMS
+    from featureplane.lake.archive import table_name
+    from featureplane.schemas.streams import STREAMS
 
     seen: dict[str, int] = {}
     values: dict[str, str] = {}
@@ -142,8 +143,8 @@ def archive_positions(app: Any) -> tuple[dict[str, int], int]:
 
 
 def served_hashes(app: Any, plan: Any, count: int) -> list[str]:
-    from online.serving import FeatureServer
-    from runtime.simulate import request_mix
+    from featureplane.online.serving import FeatureServer
+    from featureplane.runtime.simulate import request_mix
 
     server = FeatureServer(app.db, app.bus, app.registry)
     try:
@@ -162,7 +163,7 @@ class Reference:
 
 def reference_run(app: Any, seed: int, transactions: int, requests: int) -> Reference:
     """The crash-free run of a seed, in process."""
-    from runtime.workers import run_workers
+    from featureplane.runtime.workers import run_workers
 
     plan = publish_run(app, seed, transactions)
     run_workers(app, until_idle=True)
@@ -221,7 +222,7 @@ def postgres_restart_scenario(app: Any, server: Any, reference: Reference, seed:
                               requests: int) -> Outcome:
     """Postgres stopped with `-m immediate` while a worker is mid-batch, then restarted: the worker
     rides it out (transient errors) and converges."""
-    from runtime.embedded_pg import _bin, _run, _user_kwargs
+    from featureplane.runtime.embedded_pg import _bin, _run, _user_kwargs
 
     outcome = Outcome("postgres stopped -m immediate mid-batch", seed)
     plan = publish_run(app, seed, transactions)

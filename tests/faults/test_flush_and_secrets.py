@@ -7,12 +7,12 @@ import json
 import os
 from pathlib import Path
 
-from online.serving import FeatureServer
-from online.snapshot_store import flush_outbox
-from pipelines.snapshot import snapshot_hash
-from runtime.simulate import SimulationPlan, request_mix
-from runtime.simulation_job import run_simulation
-from runtime.workers import run_workers
+from featureplane.online.serving import FeatureServer
+from featureplane.online.snapshot_store import flush_outbox
+from featureplane.pipelines.snapshot import snapshot_hash
+from featureplane.runtime.simulate import SimulationPlan, request_mix
+from featureplane.runtime.simulation_job import run_simulation
+from featureplane.runtime.workers import run_workers
 
 
 class FaultyStore:

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
+from featureplane.runtime.faults import LABELS
 
-from runtime.faults import LABELS
 from tests.conftest import fresh_database
 from tests.faults import driver
 
@@ -52,10 +52,10 @@ def test_a_resumed_zombie_is_fenced(reference, pg_server, tmp_path):
 
 
 def test_postgres_immediate_stop_mid_batch(reference, tmp_path):
-    from runtime.embedded_pg import EmbeddedServer
-    from runtime.migrations import migrate
-    from runtime.postgres import Database
-    from runtime.secrets import Secret
+    from featureplane.runtime.embedded_pg import EmbeddedServer
+    from featureplane.runtime.migrations import migrate
+    from featureplane.runtime.postgres import Database
+    from featureplane.runtime.secrets import Secret
 
     server = EmbeddedServer(tmp_path / "pg", {"shared_buffers": "64MB"})
     try:
