@@ -281,6 +281,44 @@ def cmd_bus_skip(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from featureplane.online.http_server import serve
+    from featureplane.runtime.app import App
+
+    App().init()  # migrations and streams exist before the first worker process starts
+    serve(args.host, args.port, args.workers, args.graceful_seconds)
+    return EXIT_OK
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from featureplane.runtime.embedded_pg import EmbeddedServer
+    from featureplane.runtime.settings import EmbeddedPostgres, load_settings
+
+    settings = load_settings()
+    if not isinstance(settings.postgres, EmbeddedPostgres):
+        _print_json({"stopped": False, "note": "FP_PG_DSN points at an external Postgres; nothing to stop here"})
+        return EXIT_OK
+    stopped = EmbeddedServer(settings.postgres.data_dir).stop()
+    _print_json({"stopped": stopped, "embedded_postgres": "stopped" if stopped else "was not running"})
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from featureplane.runtime.embedded_pg import EmbeddedServer
+    from featureplane.runtime.settings import EmbeddedPostgres, load_settings
+
+    settings = load_settings()
+    if not isinstance(settings.postgres, EmbeddedPostgres):
+        _print_json({"embedded_postgres": "not used (FP_PG_DSN is set)", "home": str(settings.home)})
+        return EXIT_OK
+    server = EmbeddedServer(settings.postgres.data_dir)
+    running = server.running()
+    _print_json({"embedded_postgres": "running" if running else "stopped", "home": str(settings.home),
+                 "data_dir": str(server.data_dir), "socket_dir": str(server.socket_dir) if running else None,
+                 "stop_with": "fp down" if running else None})
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from featureplane.runtime.demo import run_demo
 
@@ -371,6 +409,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lift the lockdown: let the query read or write files outside the lakes (local analysts)")
     p.add_argument("--table", action="store_true", help="print a table instead of JSON {columns, rows}")
     p.set_defaults(handler=cmd_sql)
+
+    p = sub.add_parser("serve", help="the HTTP serving surface: /v1/get-features, /v1/snapshots/{hash}, "
+                                     "/v1/feature-groups, /healthz, /readyz, /metrics")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--graceful-seconds", type=float, default=30.0,
+                   help="on SIGTERM, how long in-flight requests may take to finish")
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("down", help="stop the embedded Postgres of this FP_HOME (a no-op when none runs)")
+    p.set_defaults(handler=cmd_down)
+
+    p = sub.add_parser("status", help="whether the embedded Postgres of this FP_HOME runs (JSON)")
+    p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("bus", help="operator actions on the event bus")
     bus = p.add_subparsers(dest="bus_command", required=True, metavar="SUBCOMMAND")

@@ -8,11 +8,11 @@ import zipfile
 from pathlib import Path
 
 import polars as pl
-
-from featureplane import FeaturePlane
-from featureplane.runtime.simulate import SimulationPlan, request_mix
+from featureplane.runtime.simulate import SimulationPlan, request_mix, simulate
 from featureplane.runtime.simulation_job import run_simulation
 from featureplane.runtime.workers import run_workers
+
+from featureplane import FeaturePlane
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,8 +54,7 @@ def test_feature_plane_serves_fetches_queries_builds_and_proves(app, fp_home, mo
                                                                             for r in responses})
         summary = fp.parity()
         assert (summary["checked"], summary["mismatched"]) == (frame["n"][0], 0)
-        flow = [e for s, e in __import__("featureplane.runtime.simulate", fromlist=["simulate"]).simulate(plan)
-                if s == "fp.bus.context.flow_anchor.fraud.v1"][0]
+        flow = next(e for s, e in simulate(plan) if s == "fp.bus.context.flow_anchor.fraud.v1")
         answer = fp.context_resolve(flow["platform_run_id"], flow["context_pins"]["run_id"],
                                     flow["payload"]["flow_id"])
         assert answer["readiness"] == "READY"
