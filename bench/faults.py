@@ -26,13 +26,13 @@ def main() -> None:
 
     import tempfile
 
+    from rich.progress import Progress
+
     from featureplane.runtime.embedded_pg import EmbeddedServer
     from featureplane.runtime.faults import LABELS
     from featureplane.runtime.migrations import migrate
     from featureplane.runtime.postgres import Database
     from featureplane.runtime.secrets import Secret
-    from rich.progress import Progress
-
     from tests.faults import driver
 
     root = Path(tempfile.mkdtemp(prefix="fp-bench-faults-"))

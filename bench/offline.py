@@ -28,6 +28,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import polars as pl
+
     from featureplane.lake.archive import ArchiveWriter, table_name
     from featureplane.offline.datasets import build_dataset
     from featureplane.offline.intents import parse_intent

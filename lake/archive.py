@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from featureplane.lake.delta import DeltaLake
 from featureplane.online.bus.base import BusCorrupt, EventBus
 from featureplane.online.checkpoints import clear_blocks, record_block

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pyarrow as pa
+
 from featureplane.lake.delta import DeltaLake
 from featureplane.runtime.postgres import Database
 

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
+
 from featureplane.lake.object_store import check_key
 from featureplane.runtime.settings import LocalObjectStore, S3ObjectStore
 

@@ -24,6 +24,7 @@ from typing import Any
 import duckdb
 import polars as pl
 import pyarrow as pa
+
 from featureplane.lake.delta import DeltaLake
 from featureplane.lake.object_store import ObjectStore
 from featureplane.schemas.streams import STREAMS

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
+
 from featureplane.lake.archive import archive_progress
 from featureplane.lake.delta import DeltaLake
 from featureplane.lake.object_store import ObjectStore

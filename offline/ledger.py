@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+
 from featureplane.offline.intents import BuildIntent, IntentRejected
 from featureplane.runtime.errors import TerminalError
 from featureplane.runtime.postgres import Database

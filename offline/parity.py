@@ -19,6 +19,7 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+
 from featureplane.lake.delta import DeltaLake
 from featureplane.lake.object_store import ObjectStore
 from featureplane.offline.replay import transactions_at, with_pins

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
+
 from featureplane.lake.archive import read_basis
 from featureplane.lake.delta import DeltaLake
 from featureplane.pipelines.events import ApplyFailure, decode_labels, decode_transactions, first_positions

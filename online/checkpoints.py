@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
+
 from featureplane.online.bus.base import BusCorrupt, EventBus
 from featureplane.runtime.errors import FpError, TransientError
 from featureplane.runtime.postgres import Database

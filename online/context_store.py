@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+
 from featureplane.online.bus.base import EventBus
 from featureplane.online.checkpoints import Lease, advance, bump_counters, drain, record_failures, watermarks
 from featureplane.online.ofp_worker import worker_identity

@@ -16,13 +16,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
-from featureplane.pipelines.snapshot import error_response
-from featureplane.runtime.errors import FpError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from featureplane.pipelines.snapshot import error_response
+from featureplane.runtime.errors import FpError
 
 MAX_BODY_BYTES = 1 << 20
 STATUS_OF = {"INVALID_REQUEST": 400, "INVALID_HASH": 400, "NOT_FOUND": 404, "UNAVAILABLE": 503}

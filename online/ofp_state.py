@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import polars as pl
 import psycopg
+
 from featureplane.pipelines.algebra import SUM_CAP
 from featureplane.pipelines.buckets import BUCKET, bucket_partials, bucket_plan, describe_plan, partial_columns
 from featureplane.pipelines.features import KEY, TS, contribution_schema

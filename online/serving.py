@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import psycopg
+
 from featureplane.online.bus.base import EventBus
 from featureplane.online.checkpoints import WATERMARKS_SQL, basis_from_rows
 from featureplane.online.ofp_state import CONSUMER, OfpStateReader, bucket_specs, register_groups
@@ -21,6 +22,8 @@ from featureplane.runtime.errors import FpError, Unavailable
 from featureplane.runtime.postgres import Database
 from featureplane.schemas.requests import FeatureRequest, InvalidRequest, parse_request
 from featureplane.schemas.streams import TRAFFIC
+
+SERIALIZATION_RETRIES = 5
 
 
 class FeatureServer:
@@ -58,7 +61,15 @@ class FeatureServer:
         except InvalidRequest as exc:
             return error_response("INVALID_REQUEST", exc.message, False, _safe_pins(pins))
         try:
-            return self._serve(parsed)
+            for attempt in range(SERIALIZATION_RETRIES):
+                try:
+                    return self._serve(parsed)
+                except psycopg.errors.SerializationFailure:
+                    # the same snapshot stored concurrently by another request (ON CONFLICT under
+                    # REPEATABLE READ): answer again from a fresh snapshot
+                    if attempt == SERIALIZATION_RETRIES - 1:
+                        raise
+            raise AssertionError("unreachable")
         except (psycopg.OperationalError, psycopg.InterfaceError, Unavailable):
             self._conn = None
             return error_response("UNAVAILABLE", "feature state is temporarily unavailable", True,

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pyarrow as pa
+
 from featureplane.lake.delta import DeltaLake
 from featureplane.lake.object_store import ObjectStore
 from featureplane.pipelines.timefmt import parse_rfc3339

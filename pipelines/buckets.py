@@ -13,6 +13,7 @@ and windows shorter than two buckets, are computed from raw events.
 from __future__ import annotations
 
 import polars as pl
+
 from featureplane.pipelines.algebra import Partial, partials_of
 from featureplane.pipelines.features import (
     KEY,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
+
 from featureplane.pipelines.timefmt import parse_rfc3339
 from featureplane.runtime.errors import RejectedEvent
 from featureplane.schemas.envelope import may_hold_forbidden_text, normalize_event

@@ -9,6 +9,7 @@ windows ending at each transaction (`rolling_features`). Window membership is ex
 from __future__ import annotations
 
 import polars as pl
+
 from featureplane.pipelines.algebra import MAX_EXACT_INT, SUM_CAP, Partial, partials_of
 from featureplane.pipelines.registry import DerivedDef, FeatureDef, GroupDef, Where
 

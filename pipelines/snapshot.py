@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
+
 from featureplane.pipelines.algebra import out_of_range
 from featureplane.pipelines.canonical import sha256_ref
 from featureplane.pipelines.features import AS_OF, KEY, LAST_UPDATE

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import time
 
+from rich.console import Console
+from rich.table import Table
+
 from featureplane.pipelines.canonical import sha256_ref
 from featureplane.runtime.app import App
 from featureplane.runtime.simulation_job import run_simulation
-from rich.console import Console
-from rich.table import Table
 
 
 def run_demo(*, transactions: int = 2000, seed: int = 7, requests: int = 200) -> int:

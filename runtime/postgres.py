@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+
 from featureplane.runtime.errors import Unavailable
 from featureplane.runtime.secrets import Secret
 from featureplane.runtime.settings import DsnPostgres, EmbeddedPostgres

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
 from featureplane.config import CONFIG_DIR
 from featureplane.runtime.errors import ConfigError
 from featureplane.runtime.secrets import Secret

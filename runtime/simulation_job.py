@@ -7,9 +7,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
 from featureplane.runtime.simulate import SimulationPlan, apply_disorder, simulate
 from featureplane.schemas.streams import STREAMS, TRAFFIC
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 FLUSH_EVERY = 20_000
 

@@ -117,6 +117,7 @@ def write_reconciliations(app: Any) -> list[dict[str, Any]]:
     import json
 
     import pyarrow as pa
+
     from featureplane.online.context_store import reconciliation
 
     with app.db.transaction() as conn:

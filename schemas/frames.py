@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandera.polars as pa
 import polars as pl
+
 from featureplane.schemas.envelope import ENTITY_ID, EVENT_ID, PIN
 
 CHANNEL_VALUES = ["card_present", "ecom", "mobile"]

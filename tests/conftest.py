@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from featureplane.runtime.migrations import migrate
 from featureplane.runtime.postgres import Database, start_embedded
 

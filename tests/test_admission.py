@@ -3,7 +3,6 @@ import json
 from featureplane.online.admission import Publisher
 from featureplane.online.bus.embedded import EmbeddedBus
 from featureplane.schemas.streams import LABELS, TRAFFIC
-
 from tests.helpers import T0, lines, txn
 
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import random
 
 import polars as pl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from featureplane.config import default_registry
 from featureplane.online.admission import Publisher
 from featureplane.online.ofp_worker import OfpWorker
 from featureplane.pipelines.features import TS
 from featureplane.schemas.streams import TRAFFIC
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from tests import reference
 from tests.helpers import T0, S, lines, request, serve, txn
 
@@ -46,7 +46,6 @@ def test_generated_sql_equals_the_plain_python_reference(pg_server, tmp_path_fac
     bucket edges, empty windows, and amounts large enough that sums leave 2^53 - 1."""
     from featureplane.runtime.app import App
     from featureplane.runtime.settings import load_settings
-
     from tests.conftest import fresh_database
 
     rng = random.Random(seed)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from featureplane.online.bus.base import partition_for
 from featureplane.online.bus.embedded import EmbeddedBus
 from featureplane.schemas.streams import TRAFFIC
@@ -24,6 +25,7 @@ def bus(request, tmp_path):
         return EmbeddedBus(tmp_path / "bus", 4)
     endpoint = request.getfixturevalue("moto_endpoint")
     import boto3
+
     from featureplane.online.bus.kinesis import KinesisEventBus
 
     client = boto3.client("kinesis", region_name="us-east-1", endpoint_url=endpoint)

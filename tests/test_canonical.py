@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import rfc8785
-from featureplane.pipelines.canonical import jcs, sha256_ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from featureplane.pipelines.canonical import jcs, sha256_ref
 
 text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12)
 scalars = (st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1)

@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+
 from featureplane.online.admission import Publisher
 from featureplane.online.context_store import ContextReader, ContextWorker, context_digest, rebuild_context
 from featureplane.online.health import health_report
@@ -13,7 +14,6 @@ from featureplane.runtime.errors import TerminalError
 from featureplane.runtime.simulation_job import run_simulation
 from featureplane.runtime.workers import run_workers
 from featureplane.schemas.streams import ARRIVAL_ENTITIES, ARRIVAL_EVENTS, CONTEXT_STREAMS, FLOW_ANCHOR
-
 from tests.conftest import fresh_database
 from tests.helpers import PINS, T0, kill_9_repeatedly
 

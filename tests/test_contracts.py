@@ -5,11 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
-from featureplane.runtime.errors import RejectedEvent
-from featureplane.schemas.envelope import normalize_event
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
+from featureplane.runtime.errors import RejectedEvent
+from featureplane.schemas.envelope import normalize_event
 from tests.helpers import T0, request, txn
 
 CONTRACTS = Path(__file__).resolve().parent.parent / "schemas" / "contracts"
@@ -79,7 +79,6 @@ def test_served_response_matches_the_response_schema(app):
     from featureplane.online.admission import Publisher
     from featureplane.online.ofp_worker import OfpWorker
     from featureplane.online.serving import FeatureServer
-
     from tests.helpers import S, lines
 
     Publisher(app.db, app.bus).publish("fp.bus.traffic.fraud.v1", lines([txn(i, T0 + i * S) for i in range(5)]), "t")

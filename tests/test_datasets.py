@@ -7,6 +7,7 @@ import json
 import random
 
 import pytest
+
 from featureplane.lake.archive import archive_progress
 from featureplane.offline.intents import IntentRejected, parse_intent
 from featureplane.offline.ledger import IllegalTransition, RunLedger, run_key_for
@@ -17,7 +18,6 @@ from featureplane.runtime.simulate import SimulationPlan, simulate
 from featureplane.runtime.simulation_job import run_simulation
 from featureplane.runtime.workers import run_workers
 from featureplane.schemas.streams import LABELS, TRAFFIC
-
 from tests import reference
 
 GROUPS = [("card_velocity", "1.0"), ("customer_spend", "1.0"), ("device_reuse", "1.0"),

@@ -8,11 +8,11 @@ import zipfile
 from pathlib import Path
 
 import polars as pl
+
+from featureplane import FeaturePlane
 from featureplane.runtime.simulate import SimulationPlan, request_mix, simulate
 from featureplane.runtime.simulation_job import run_simulation
 from featureplane.runtime.workers import run_workers
-
-from featureplane import FeaturePlane
 
 REPO = Path(__file__).resolve().parent.parent
 

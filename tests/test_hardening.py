@@ -8,13 +8,13 @@ import os
 from pathlib import Path
 
 import pytest
+
 from featureplane.online.admission import Publisher, encode_event
 from featureplane.online.checkpoints import Lease, apply_isolating
 from featureplane.online.serving import FeatureServer
 from featureplane.online.snapshot_store import flush_outbox
 from featureplane.runtime.workers import WorkerTimeout, run_workers
 from featureplane.schemas.streams import TRAFFIC
-
 from tests.helpers import PINS, T0, S, lines, request, run_fp, serve, txn
 
 ERROR_KEYS = {"kind", "contract_version", "error_code", "message", "retryable"}
@@ -142,6 +142,7 @@ def test_storage_rejections_are_isolated_to_the_records_that_cause_them(app):
     """The safety net behind the shared decoder: a batch that fails for a reason in its records is
     split until the failing records stand alone; each goes to the ledger, every other record applies."""
     import psycopg
+
     from featureplane.online.checkpoints import claim
 
     poison = {7, 19, 20}

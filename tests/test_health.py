@@ -10,7 +10,6 @@ from featureplane.online.health import health_report
 from featureplane.online.serving import FeatureServer
 from featureplane.runtime.workers import run_workers
 from featureplane.schemas.streams import TRAFFIC
-
 from tests.helpers import T0, S, lines, request, txn
 
 

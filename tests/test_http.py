@@ -15,11 +15,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from featureplane.pipelines.snapshot import snapshot_hash
 from featureplane.runtime.simulate import SimulationPlan, request_mix
 from featureplane.runtime.simulation_job import run_simulation
 from featureplane.runtime.workers import run_workers
-
 from tests.helpers import serve
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+
 from featureplane.lake.archive import ArchiveWriter, archive_progress, read_basis, table_name
 from featureplane.lake.delta import DeltaLake, open_lake
 from featureplane.lake.query import run_query
@@ -15,7 +16,6 @@ from featureplane.runtime.settings import AwsCredentials, S3ObjectStore
 from featureplane.runtime.simulation_job import run_simulation
 from featureplane.runtime.workers import run_workers
 from featureplane.schemas.streams import STREAMS, TRAFFIC
-
 from tests.helpers import T0, S, kill_9_repeatedly, lines, txn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +134,6 @@ def test_archive_on_s3_through_moto(app, moto_endpoint):
 def test_duckdb_views_over_archive_snapshots_audit_and_datasets(app):
     from featureplane.online.serving import FeatureServer
     from featureplane.online.snapshot_store import flush_outbox
-
     from tests.helpers import request
 
     _publish(app, 40)

@@ -5,6 +5,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from featureplane.runtime.errors import ConfigError
 from featureplane.runtime.migrations import discover, migrate
 from featureplane.runtime.secrets import Secret

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import random
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from featureplane.online.admission import Publisher
 from featureplane.online.ofp_worker import OfpWorker
 from featureplane.online.serving import FeatureServer
 from featureplane.online.snapshot_store import flush_outbox, get_snapshot
 from featureplane.pipelines.snapshot import hashed_payload, snapshot_hash
+from featureplane.pipelines.timefmt import format_ts
 from featureplane.schemas.streams import TRAFFIC
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from tests import reference
 from tests.helpers import PINS, T0, S, kill_9_repeatedly, lines, request, serve, txn
 
@@ -166,7 +167,6 @@ def test_property_duplicates_disorder_and_batch_size_never_change_the_hash(pg_se
                                                                            order_seed, batch, dup_fraction):
     from featureplane.runtime.app import App
     from featureplane.runtime.settings import load_settings
-
     from tests.conftest import fresh_database
 
     rng = random.Random(order_seed)
@@ -276,6 +276,7 @@ def test_kill_9_during_apply_then_restart_counts_every_event_exactly_once(app, f
 
 def test_a_failed_flush_is_counted_and_the_snapshot_stays_in_the_outbox(app, monkeypatch):
     import pytest
+
     from featureplane.runtime.errors import TransientError
 
     publish_and_apply(app, [txn(1, T0)])
@@ -317,3 +318,37 @@ def test_state_in_the_v1_layout_is_migrated_to_one_row_per_event(app):
     with app.db.transaction() as conn:
         assert conn.execute("SELECT count(*) FROM ofp_contributions").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM ofp_events").fetchone()[0] == 40
+
+
+def test_concurrent_identical_requests_all_succeed_with_one_stored_snapshot(app):
+    """Several clients asking the same question at once: every one is answered (a concurrent insert of
+    the same snapshot is retried from a fresh snapshot, never surfaced), and it is stored once."""
+    import threading
+
+    Publisher(app.db, app.bus).publish(TRAFFIC, lines([txn(i, T0 - i * S) for i in range(20)]), "t")
+    OfpWorker(app.db, app.bus, app.registry).run_until_idle()
+    req = request(ALL_KEYS, ALL_GROUPS, T0)
+    answers: list[dict] = []
+    barrier = threading.Barrier(8)
+
+    def client() -> None:
+        from featureplane.online.serving import FeatureServer
+
+        server = FeatureServer(app.db, app.bus, app.registry)
+        try:
+            server.get_features(req)  # warm: connection and caches
+            for n in range(6):  # each round a new as-of, so every round races to store a new snapshot
+                barrier.wait()
+                answers.append(server.get_features({**req, "as_of_time_utc": format_ts(T0 + (n + 1) * S)}))
+        finally:
+            server.close()
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(answers) == 48 and {a.get("error_code") for a in answers} == {None}
+    assert len({a["snapshot"]["feature_snapshot_hash"] for a in answers}) == 6
+    with app.db.transaction() as conn:
+        assert conn.execute("SELECT count(*) FROM snapshot_outbox").fetchone()[0] == 7

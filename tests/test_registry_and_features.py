@@ -3,10 +3,10 @@ import random
 
 import polars as pl
 import pytest
+
 from featureplane.config import LOCK_FILE, default_registry, load_registry, read_group_files
 from featureplane.pipelines.features import AS_OF, KEY, contributions, point_features, rolling_features
 from featureplane.pipelines.registry import RegistryError, parse_group
-
 from tests import reference
 from tests.helpers import T0, S
 

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from featureplane.runtime.faults import LABELS
 
+from featureplane.runtime.faults import LABELS
 from tests.conftest import fresh_database
 from tests.faults import driver
 
