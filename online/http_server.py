@@ -250,6 +250,16 @@ def serve(host: str, port: int, workers: int, graceful_seconds: float = 30.0) ->
 
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fp-metrics-")
-    uvicorn.run("featureplane.online.http_server:create_app", factory=True, host=host, port=port,
+    # our own listening socket with TCP_NODELAY, which accepted connections inherit: uvicorn writes a
+    # response's headers and body apart, and with Nagle on, the body waits for a delayed ACK (40 ms)
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    listener.bind((host, port))
+    listener.set_inheritable(True)
+    uvicorn.run("featureplane.online.http_server:create_app", factory=True, fd=listener.fileno(),
                 workers=workers, timeout_graceful_shutdown=graceful_seconds, log_level="warning",
                 access_log=False, server_header=False)
