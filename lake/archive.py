@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from featureplane.lake.delta import DeltaLake
 from featureplane.online.bus.base import BusCorrupt, EventBus
 from featureplane.online.checkpoints import clear_blocks, record_block
-from featureplane.runtime.errors import TerminalError, TransientError
+from featureplane.pipelines.errors import TerminalError, TransientError
 from featureplane.runtime.faults import crash_point
 from featureplane.runtime.postgres import Database
 

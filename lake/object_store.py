@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-from featureplane.runtime.errors import TerminalError
+from featureplane.pipelines.errors import TerminalError
 from featureplane.runtime.settings import LocalObjectStore, S3ObjectStore, boto3_client
 
 SEGMENT = re.compile(r"^[A-Za-z0-9._=:-]{1,200}$")

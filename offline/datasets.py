@@ -23,10 +23,10 @@ from featureplane.lake.delta import DeltaLake
 from featureplane.lake.object_store import ObjectStore
 from featureplane.offline.intents import BuildIntent, dataset_fingerprint, dataset_identity, manifest_id
 from featureplane.offline.replay import labels_at, transactions_at, with_pins
+from featureplane.pipelines.errors import TerminalError
 from featureplane.pipelines.features import LAST_UPDATE, TS, contributions, in_range_expr, rolling_features
 from featureplane.pipelines.registry import GroupDef
 from featureplane.pipelines.timefmt import format_ts
-from featureplane.runtime.errors import TerminalError
 from featureplane.schemas.streams import LABELS
 
 ROW_ID = "row_id"

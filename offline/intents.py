@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from featureplane.pipelines.canonical import sha256_ref
+from featureplane.pipelines.errors import RejectedEvent, TerminalError
 from featureplane.pipelines.registry import GroupDef, Registry
 from featureplane.pipelines.timefmt import TimestampError, format_ts, parse_rfc3339
-from featureplane.runtime.errors import RejectedEvent, TerminalError
 from featureplane.schemas.envelope import PIN, validate_pins
 from featureplane.schemas.streams import LABELS, TRAFFIC
 

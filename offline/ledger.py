@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from featureplane.offline.intents import BuildIntent, IntentRejected
-from featureplane.runtime.errors import TerminalError
+from featureplane.pipelines.errors import TerminalError
 from featureplane.runtime.postgres import Database
 
 TRANSITIONS = {

@@ -8,7 +8,7 @@ from featureplane.offline.datasets import build_dataset, publish
 from featureplane.offline.intents import IntentRejected, parse_intent
 from featureplane.offline.ledger import RunLedger
 from featureplane.offline.parity import check_snapshots, load_stored
-from featureplane.runtime.errors import FpError, TerminalError, TransientError
+from featureplane.pipelines.errors import FpError, TerminalError, TransientError
 
 
 def run_intent(app: Any, raw: object) -> dict[str, Any]:

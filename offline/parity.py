@@ -23,13 +23,14 @@ import pyarrow as pa
 from featureplane.lake.delta import DeltaLake
 from featureplane.lake.object_store import ObjectStore
 from featureplane.offline.replay import transactions_at, with_pins
-from featureplane.online.snapshot_store import object_key
+from featureplane.online.snapshot_store import load_snapshot, stored_refs
+from featureplane.pipelines.errors import FpError
 from featureplane.pipelines.features import AS_OF, KEY, contributions, point_features
 from featureplane.pipelines.registry import Registry
+from featureplane.pipelines.requests import CONTRACT_VERSION, FeatureRequest
 from featureplane.pipelines.snapshot import assemble, hashed_payload, snapshot_hash, values_from_frames
-from featureplane.runtime.errors import FpError
 from featureplane.runtime.postgres import Database
-from featureplane.schemas.requests import CONTRACT_VERSION, FeatureRequest, parse_request
+from featureplane.schemas.requests import parse_request
 
 PARITY_TABLE = "audit/parity_results"
 
@@ -146,15 +147,10 @@ def check_snapshots(lake: DeltaLake, registry: Registry, stored: list[dict[str, 
 def load_stored(db: Database, store: ObjectStore, *, run_id: str | None = None, sample: int | None = None,
                 seed: int = 0) -> list[dict[str, Any]]:
     """Stored responses from the object store, listed by the Postgres index (all, or a seeded sample)."""
-    with db.transaction() as conn:
-        rows = conn.execute(
-            """SELECT snapshot_hash, scenario_id, run_id FROM snapshot_index
-                WHERE %(run)s::text IS NULL OR run_id = %(run)s ORDER BY snapshot_hash""",
-            {"run": run_id},
-        ).fetchall()
-    if sample is not None and sample < len(rows):
-        rows = sorted(random.Random(seed).sample(rows, sample))
-    return [json.loads(store.get(object_key({"scenario_id": s, "run_id": r}, h))) for h, s, r in rows]
+    refs = stored_refs(db, run_id)
+    if sample is not None and sample < len(refs):
+        refs = sorted(random.Random(seed).sample(refs, sample))
+    return [load_snapshot(store, digest, pins) for digest, pins in refs]
 
 
 def run_parity(db: Database, store: ObjectStore, lake: DeltaLake, registry: Registry, *,

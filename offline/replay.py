@@ -9,8 +9,8 @@ import polars as pl
 
 from featureplane.lake.archive import read_basis
 from featureplane.lake.delta import DeltaLake
-from featureplane.pipelines.events import ApplyFailure, decode_labels, decode_transactions, first_positions
-from featureplane.runtime.errors import TerminalError
+from featureplane.pipelines.errors import TerminalError
+from featureplane.schemas.records import ApplyFailure, decode_labels, decode_transactions, first_positions
 
 
 def basis_offsets(basis: dict[str, Any]) -> tuple[str, dict[int, int]]:

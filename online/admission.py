@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from featureplane.online.bus.base import EventBus
-from featureplane.runtime.errors import RejectedEvent
+from featureplane.pipelines.errors import RejectedEvent
 from featureplane.runtime.postgres import Database
 from featureplane.schemas.envelope import may_hold_forbidden_text, normalize_event
 from featureplane.schemas.streams import stream_spec

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import psycopg
 
 from featureplane.online.bus.base import BusCorrupt, EventBus
-from featureplane.runtime.errors import FpError, TransientError
+from featureplane.pipelines.errors import FpError, TransientError
 from featureplane.runtime.postgres import Database
 
 LEASE_SECONDS = int(os.environ.get("FP_LEASE_SECONDS", "30"))  # a dead owner's partitions free up after this

@@ -21,11 +21,11 @@ from featureplane.online.bus.base import EventBus
 from featureplane.online.checkpoints import Lease, advance, bump_counters, drain, record_failures, watermarks
 from featureplane.online.ofp_worker import worker_identity
 from featureplane.pipelines.canonical import sha256_ref
-from featureplane.pipelines.events import decode_event
+from featureplane.pipelines.errors import RejectedEvent, TerminalError
 from featureplane.pipelines.timefmt import parse_rfc3339
-from featureplane.runtime.errors import RejectedEvent, TerminalError
 from featureplane.runtime.postgres import Database
 from featureplane.schemas.envelope import EVENT_ID, PIN_FIELDS, is_entity_id, is_pin
+from featureplane.schemas.records import decode_event
 from featureplane.schemas.streams import ARRIVAL_ENTITIES, ARRIVAL_EVENTS, CONTEXT_STREAMS, FLOW_ANCHOR
 
 CONSUMER = "context"

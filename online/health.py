@@ -6,8 +6,8 @@ import time
 from typing import Any
 
 from featureplane.online.checkpoints import watermarks
+from featureplane.pipelines.errors import FpError
 from featureplane.pipelines.timefmt import US_PER_SECOND, format_ts
-from featureplane.runtime.errors import FpError
 from featureplane.schemas.streams import TRAFFIC
 
 ORDER = {"GREEN": 0, "AMBER": 1, "RED": 2}
@@ -134,15 +134,11 @@ def archive_health(app: Any) -> dict[str, Any]:
 
 def serving_health(app: Any) -> dict[str, Any]:
     t = app.settings.health
+    from featureplane.online.snapshot_store import served_counts
+
     with app.db.transaction() as conn:
-        counters = {n: int(v) for n, v in conn.execute("SELECT name, value FROM serve_counters").fetchall()}
-        built, groups, stale, no_data, pending = conn.execute(
-            """SELECT count(*), COALESCE(sum(groups_served), 0), COALESCE(sum(stale_groups), 0),
-                      COALESCE(sum(no_data_groups), 0), count(*) FILTER (WHERE flushed_at IS NULL)
-                 FROM snapshot_outbox""").fetchone()
-    for name, value in (("snapshots_built", built), ("groups_served", groups), ("stale_groups", stale),
-                        ("no_data_groups", no_data)):  # outbox counts plus any kept from before 0009
-        counters[name] = counters.get(name, 0) + int(value)
+        counters = served_counts(conn)
+    pending = counters["outbox_pending"]
     built = counters.get("snapshots_built", 0)
     stale_rate = counters.get("stale_groups", 0) / counters["groups_served"] if counters.get("groups_served") else 0.0
     no_data_rate = counters.get("no_data_groups", 0) / counters["groups_served"] if counters.get("groups_served") \

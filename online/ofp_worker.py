@@ -23,11 +23,11 @@ from featureplane.online.ofp_state import (
     write_buckets,
 )
 from featureplane.pipelines.buckets import bucket_partials
-from featureplane.pipelines.events import decode_transactions, first_positions
 from featureplane.pipelines.features import TS, contributions
 from featureplane.pipelines.registry import Registry
 from featureplane.runtime.faults import commit_or_crash, crash_point
 from featureplane.runtime.postgres import Database
+from featureplane.schemas.records import decode_transactions, first_positions
 from featureplane.schemas.streams import TRAFFIC
 
 

@@ -7,7 +7,6 @@ transaction; only after commit is it returned.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import psycopg
@@ -15,12 +14,14 @@ import psycopg
 from featureplane.online.bus.base import EventBus
 from featureplane.online.checkpoints import WATERMARKS_SQL, basis_from_rows
 from featureplane.online.ofp_state import CONSUMER, OfpStateReader, bucket_specs, register_groups
+from featureplane.online.snapshot_store import stage
+from featureplane.pipelines.errors import FpError, Unavailable
 from featureplane.pipelines.registry import Registry
+from featureplane.pipelines.requests import FeatureRequest
 from featureplane.pipelines.serving_sql import GroupQuery, decode_rows, plan_serving
 from featureplane.pipelines.snapshot import assemble, error_response, input_basis
-from featureplane.runtime.errors import FpError, Unavailable
 from featureplane.runtime.postgres import Database
-from featureplane.schemas.requests import FeatureRequest, InvalidRequest, parse_request
+from featureplane.schemas.requests import InvalidRequest, parse_request
 from featureplane.schemas.streams import TRAFFIC
 
 SERIALIZATION_RETRIES = 5
@@ -99,15 +100,8 @@ class FeatureServer:
                 values_cur.execute(plan.sql, plan.params)
             basis = input_basis(TRAFFIC, basis_from_rows(basis_cur.fetchall(), self.partitions))
             response = assemble(request, decode_rows(plan, values_cur.fetchall()), basis, self._provenance)
-            warnings = response["provenance"]["warnings"]
             with conn.pipeline():  # round trip 2: the response is durable before it is returned
-                conn.execute(
-                    """INSERT INTO snapshot_outbox (snapshot_hash, response, groups_served, stale_groups,
-                                                    no_data_groups)
-                       VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
-                    (response["snapshot"]["feature_snapshot_hash"], json.dumps(response, sort_keys=True),
-                     len(response["provenance"]["freshness"]), sum(w["code"] == "STALE_GROUP" for w in warnings),
-                     sum(w["code"] == "NO_DATA" for w in warnings)))
+                stage(conn, response)
                 conn.execute("COMMIT")
             return response
         except BaseException:

@@ -11,13 +11,14 @@ import json
 import re
 from typing import Any
 
+import orjson
 import psycopg
 import pyarrow as pa
 
 from featureplane.lake.delta import DeltaLake
 from featureplane.lake.object_store import ObjectStore
+from featureplane.pipelines.errors import TerminalError, TransientError
 from featureplane.pipelines.timefmt import parse_rfc3339
-from featureplane.runtime.errors import TerminalError, TransientError
 from featureplane.runtime.postgres import Database
 
 HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -124,6 +125,47 @@ def flush_outbox(db: Database, store: ObjectStore, lake: DeltaLake, *, batch: in
                 _count(conn, "snapshots_persisted", len(rows))
             flushed += len(rows)
     return flushed
+
+
+# -- the port: what serving, health and parity may do with stored snapshots ----------------------
+def stage(conn: psycopg.Connection, response: dict[str, Any]) -> None:
+    """Write a success response to the outbox inside the caller's (serving) transaction, with its
+    counts; it is durable when that transaction commits, and persisted by `flush_outbox` later."""
+    warnings = response["provenance"]["warnings"]
+    conn.execute(
+        """INSERT INTO snapshot_outbox (snapshot_hash, response, groups_served, stale_groups, no_data_groups)
+           VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+        (response["snapshot"]["feature_snapshot_hash"], orjson.dumps(response, option=orjson.OPT_SORT_KEYS).decode(),
+         len(response["provenance"]["freshness"]), sum(w["code"] == "STALE_GROUP" for w in warnings),
+         sum(w["code"] == "NO_DATA" for w in warnings)))
+
+
+def served_counts(conn: psycopg.Connection) -> dict[str, int]:
+    """Serving counters: snapshots built, groups served, stale and no-data groups, flush outcomes."""
+    counters = {n: int(v) for n, v in conn.execute("SELECT name, value FROM serve_counters").fetchall()}
+    built, groups, stale, no_data, pending = conn.execute(
+        """SELECT count(*), COALESCE(sum(groups_served), 0), COALESCE(sum(stale_groups), 0),
+                  COALESCE(sum(no_data_groups), 0), count(*) FILTER (WHERE flushed_at IS NULL)
+             FROM snapshot_outbox""").fetchone()
+    for name, value in (("snapshots_built", built), ("groups_served", groups), ("stale_groups", stale),
+                        ("no_data_groups", no_data)):  # outbox counts plus any kept from before 0009
+        counters[name] = counters.get(name, 0) + int(value)
+    counters["outbox_pending"] = int(pending)
+    return counters
+
+
+def stored_refs(db: Database, run_id: str | None = None) -> list[tuple[str, dict[str, str]]]:
+    """(hash, pins needed to find it) of every persisted snapshot, optionally of one run, by hash."""
+    with db.transaction() as conn:
+        rows = conn.execute(
+            """SELECT snapshot_hash, scenario_id, run_id FROM snapshot_index
+                WHERE %(run)s::text IS NULL OR run_id = %(run)s ORDER BY snapshot_hash""", {"run": run_id},
+        ).fetchall()
+    return [(h, {"scenario_id": s, "run_id": r}) for h, s, r in rows]
+
+
+def load_snapshot(store: ObjectStore, digest: str, pins: dict[str, str]) -> dict[str, Any]:
+    return json.loads(store.get(object_key(pins, digest)))
 
 
 def get_snapshot(db: Database, store: ObjectStore, digest: str) -> dict[str, Any]:

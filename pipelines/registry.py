@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from featureplane.pipelines.canonical import sha256_ref
-from featureplane.runtime.errors import TerminalError
+from featureplane.pipelines.errors import TerminalError
 
 Agg = Literal["count", "sum", "max", "mean", "count_distinct"]
 AGGS: tuple[str, ...] = ("count", "sum", "max", "mean", "count_distinct")

@@ -13,8 +13,8 @@ import polars as pl
 from featureplane.pipelines.algebra import out_of_range
 from featureplane.pipelines.canonical import sha256_ref
 from featureplane.pipelines.features import AS_OF, KEY, LAST_UPDATE
+from featureplane.pipelines.requests import CONTRACT_VERSION, FeatureRequest
 from featureplane.pipelines.timefmt import US_PER_SECOND, format_ts
-from featureplane.schemas.requests import CONTRACT_VERSION, FeatureRequest
 
 HASHED_FIELDS = ("context_pins", "as_of_time_utc", "feature_keys", "feature_groups", "by_key", "freshness",
                  "graph_version", "input_basis", "warnings")

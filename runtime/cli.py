@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from featureplane.runtime.errors import FpError, TerminalError
+from featureplane.pipelines.errors import FpError, TerminalError
 
 Handler = Callable[[argparse.Namespace], int]
 EXIT_OK, EXIT_PARTIAL, EXIT_CANNOT_RUN = 0, 1, 2
@@ -282,8 +282,8 @@ def cmd_bus_skip(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from featureplane.online.http_server import serve
     from featureplane.runtime.app import App
+    from featureplane.runtime.http_server import serve
 
     App().init()  # migrations and streams exist before the first worker process starts
     serve(args.host, args.port, args.workers, args.graceful_seconds)

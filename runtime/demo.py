@@ -127,4 +127,9 @@ def run_demo(*, transactions: int = 2000, seed: int = 7, requests: int = 200) ->
     for name, value in figures.items():
         summary.add_row(name, str(value))
     console.print(summary)
+    from featureplane.runtime.settings import EmbeddedPostgres
+
+    if isinstance(app.settings.postgres, EmbeddedPostgres):
+        console.print(f"Still running: the embedded Postgres of FP_HOME={app.settings.home} (for the next fp "
+                      "commands). Stop it with `fp down`; `fp status` tells whether it runs.")
     return 0 if parity["mismatched"] == 0 and len(ok) == len(responses) else 1

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-from featureplane.runtime.errors import TerminalError
+from featureplane.pipelines.errors import TerminalError
 from featureplane.runtime.postgres import Database
 
 MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$", re.ASCII)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from featureplane.runtime.errors import Unavailable
+from featureplane.pipelines.errors import Unavailable
 from featureplane.runtime.secrets import Secret
 from featureplane.runtime.settings import DsnPostgres, EmbeddedPostgres
 

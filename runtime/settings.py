@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 
 from featureplane.config import CONFIG_DIR
-from featureplane.runtime.errors import ConfigError
+from featureplane.pipelines.errors import ConfigError
 from featureplane.runtime.secrets import Secret
 
 PROFILE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")

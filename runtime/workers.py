@@ -15,7 +15,7 @@ from featureplane.online.context_store import ContextStats, ContextWorker
 from featureplane.online.ofp_state import CONSUMER as OFP_CONSUMER
 from featureplane.online.ofp_worker import OfpWorker, WorkerStats
 from featureplane.online.snapshot_store import flush_outbox
-from featureplane.runtime.errors import TerminalError
+from featureplane.pipelines.errors import TerminalError
 from featureplane.schemas.streams import CONTEXT_STREAMS, STREAMS, TRAFFIC
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from featureplane.pipelines.errors import RejectedEvent
 from featureplane.pipelines.timefmt import TimestampError, canonical, parse_rfc3339
-from featureplane.runtime.errors import RejectedEvent
 
 EVENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 PIN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
+from featureplane.pipelines.errors import RejectedEvent, TerminalError
 from featureplane.pipelines.registry import GroupDef, Registry
-from featureplane.pipelines.timefmt import TimestampError, format_ts, parse_rfc3339
-from featureplane.runtime.errors import RejectedEvent, TerminalError
+from featureplane.pipelines.requests import CONTRACT_VERSION, FeatureRequest
+from featureplane.pipelines.timefmt import TimestampError, parse_rfc3339
 from featureplane.schemas.envelope import EVENT_ID, KEY_TYPES, is_entity_id, validate_pins
 
-CONTRACT_VERSION = "ofp_public_contracts_v0"
 MAX_KEYS = 100
 MAX_GROUPS = 20
 REQUEST_FIELDS = {"kind", "contract_version", "context_pins", "as_of_time_utc", "feature_keys",
@@ -20,26 +17,6 @@ REQUEST_FIELDS = {"kind", "contract_version", "context_pins", "as_of_time_utc", 
 class InvalidRequest(TerminalError):
     def __init__(self, message: str) -> None:
         super().__init__("INVALID_REQUEST", message)
-
-
-@dataclass(frozen=True)
-class FeatureRequest:
-    context_pins: dict[str, str]
-    as_of_us: int
-    keys: tuple[tuple[str, str], ...]  # sorted (key_type, key_id)
-    groups: tuple[GroupDef, ...]  # sorted by (group_name, group_version)
-    request_id: str | None = None
-
-    @property
-    def as_of_time_utc(self) -> str:
-        return format_ts(self.as_of_us)
-
-    def requested(self) -> dict[str, Any]:
-        return {
-            "as_of_time_utc": self.as_of_time_utc,
-            "feature_keys": [{"key_type": t, "key_id": i} for t, i in self.keys],
-            "feature_groups": [{"group_name": g.group_name, "group_version": g.group_version} for g in self.groups],
-        }
 
 
 def parse_request(raw: object, registry: Registry) -> FeatureRequest:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from featureplane.runtime.errors import TerminalError
+from featureplane.pipelines.errors import TerminalError
 
 
 @dataclass(frozen=True)

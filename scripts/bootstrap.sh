@@ -17,6 +17,7 @@ case "$job" in
     ;;
   test)
     .venv/bin/ruff check .
+    bash scripts/lint_imports.sh
     .venv/bin/python -m pytest
     ;;
   *)

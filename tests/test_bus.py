@@ -90,7 +90,7 @@ def test_embedded_offsets_are_dense_integers(tmp_path):
 
 
 def test_unknown_stream_is_refused(tmp_path):
-    from featureplane.runtime.errors import TerminalError
+    from featureplane.pipelines.errors import TerminalError
 
     bus = EmbeddedBus(tmp_path / "bus", 2)
     with pytest.raises(TerminalError):

@@ -10,7 +10,7 @@ import pytest
 from featureplane.online.admission import Publisher
 from featureplane.online.context_store import ContextReader, ContextWorker, context_digest, rebuild_context
 from featureplane.online.health import health_report
-from featureplane.runtime.errors import TerminalError
+from featureplane.pipelines.errors import TerminalError
 from featureplane.runtime.simulation_job import run_simulation
 from featureplane.runtime.workers import run_workers
 from featureplane.schemas.streams import ARRIVAL_ENTITIES, ARRIVAL_EVENTS, CONTEXT_STREAMS, FLOW_ANCHOR

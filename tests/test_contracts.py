@@ -8,7 +8,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from featureplane.runtime.errors import RejectedEvent
+from featureplane.pipelines.errors import RejectedEvent
 from featureplane.schemas.envelope import normalize_event
 from tests.helpers import T0, request, txn
 

@@ -12,8 +12,8 @@ from featureplane.lake.archive import archive_progress
 from featureplane.offline.intents import IntentRejected, parse_intent
 from featureplane.offline.ledger import IllegalTransition, RunLedger, run_key_for
 from featureplane.offline.ofs import run_intent
+from featureplane.pipelines.errors import FpError
 from featureplane.pipelines.timefmt import parse_rfc3339
-from featureplane.runtime.errors import FpError
 from featureplane.runtime.simulate import SimulationPlan, simulate
 from featureplane.runtime.simulation_job import run_simulation
 from featureplane.runtime.workers import run_workers

@@ -2,8 +2,8 @@ import copy
 
 import pytest
 
+from featureplane.pipelines.errors import RejectedEvent
 from featureplane.pipelines.timefmt import TimestampError, format_ts, parse_rfc3339
-from featureplane.runtime.errors import RejectedEvent
 from featureplane.schemas.envelope import normalize_event
 from tests.helpers import T0, txn
 

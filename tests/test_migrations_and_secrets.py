@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from featureplane.runtime.errors import ConfigError
+from featureplane.pipelines.errors import ConfigError
 from featureplane.runtime.migrations import discover, migrate
 from featureplane.runtime.secrets import Secret
 from featureplane.runtime.settings import load_settings

@@ -277,7 +277,7 @@ def test_kill_9_during_apply_then_restart_counts_every_event_exactly_once(app, f
 def test_a_failed_flush_is_counted_and_the_snapshot_stays_in_the_outbox(app, monkeypatch):
     import pytest
 
-    from featureplane.runtime.errors import TransientError
+    from featureplane.pipelines.errors import TransientError
 
     publish_and_apply(app, [txn(1, T0)])
     response = serve(app, request([("account", "a1")], [("txn_velocity", "1.0")], T0 + S))

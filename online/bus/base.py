@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from featureplane.pipelines.events import SKIPPED_RECORD
-from featureplane.runtime.errors import TerminalError
+from featureplane.pipelines.errors import TerminalError
+from featureplane.schemas.records import SKIPPED_RECORD
 
 __all__ = ["SKIPPED_RECORD", "BusCorrupt", "BusRecord", "EventBus", "ReadBatch", "partition_for"]
 

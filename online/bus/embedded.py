@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from featureplane.online.bus.base import SKIPPED_RECORD, BusCorrupt, BusRecord, ReadBatch, partition_for
-from featureplane.runtime.errors import TerminalError
+from featureplane.pipelines.errors import TerminalError
 from featureplane.schemas.streams import stream_spec
 
 HEADER = struct.Struct(">II")

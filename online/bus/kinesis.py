@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from featureplane.online.bus.base import BusRecord, ReadBatch, partition_for
-from featureplane.runtime.errors import TerminalError, Unavailable
+from featureplane.pipelines.errors import TerminalError, Unavailable
 from featureplane.runtime.settings import KinesisBus, boto3_client
 from featureplane.schemas.streams import stream_spec
 

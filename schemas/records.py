@@ -9,8 +9,8 @@ from typing import Any
 
 import polars as pl
 
+from featureplane.pipelines.errors import RejectedEvent
 from featureplane.pipelines.timefmt import parse_rfc3339
-from featureplane.runtime.errors import RejectedEvent
 from featureplane.schemas.envelope import may_hold_forbidden_text, normalize_event
 from featureplane.schemas.frames import LABEL_SCHEMA, TRANSACTION_SCHEMA, LabelFrame, TransactionFrame, invalid_rows
 

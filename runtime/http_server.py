@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from featureplane.pipelines.errors import FpError
 from featureplane.pipelines.snapshot import error_response
-from featureplane.runtime.errors import FpError
 
 MAX_BODY_BYTES = 1 << 20
 STATUS_OF = {"INVALID_REQUEST": 400, "INVALID_HASH": 400, "NOT_FOUND": 404, "UNAVAILABLE": 503}
@@ -260,6 +260,6 @@ def serve(host: str, port: int, workers: int, graceful_seconds: float = 30.0) ->
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     listener.bind((host, port))
     listener.set_inheritable(True)
-    uvicorn.run("featureplane.online.http_server:create_app", factory=True, fd=listener.fileno(),
+    uvicorn.run("featureplane.runtime.http_server:create_app", factory=True, fd=listener.fileno(),
                 workers=workers, timeout_graceful_shutdown=graceful_seconds, log_level="warning",
                 access_log=False, server_header=False)
