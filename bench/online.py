@@ -1,134 +1,228 @@
-"""Online plane benchmark (issue: OFP). Prints JSON.
+"""Online plane benchmark (issue: online plane v2). Prints JSON, every figure from the same run.
 
-- apply: events/s for N simulated transactions through the OFP worker with the full catalogue,
-  and the same contribution rows written by a bare COPY into an identical table (baseline).
-- serve: get_features p50/p99 and requests/s for a 4-key x 4-group request mix.
-- hot merchant: p99 of serving one merchant with HOT events inside its 7-day window.
+- apply: events/s of `fp worker` (a real process, full catalogue) at --small and --large
+  transactions, their ratio (flatness), the worker's peak RSS, and the ratio to a bare COPY of the
+  same events as one typed row each into a table with one (scope, key, ts) index per key type.
+- serve: get_features p50/p99 and requests/s for the 4-key x 4-group mix at 1, 2 and 4 clients
+  (processes, each with its own connection), on the large store.
+- hot keys: p99 of one merchant, one device and one card with --hot events inside 7 days.
+- --peer feast: runs ../shared/peers/feast_online.py (its own venv) and prints the ratios.
 
-    python bench/online.py [--transactions 1000000] [--requests 2000] [--hot 500000]
+    python bench/online.py [--small 100000] [--large 1000000] [--hot 500000] [--peer feast]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import random
+import resource
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import bench_app, emit, percentiles, timed
 
+REPO = Path(__file__).resolve().parent.parent
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--transactions", type=int, default=1_000_000)
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--hot", type=int, default=500_000)
-    parser.add_argument("--seed", type=int, default=17)
-    args = parser.parse_args()
 
+def publish_simulated(app, transactions: int, seed: int):
     from featureplane.online.admission import Publisher
-    from featureplane.online.ofp_worker import OfpWorker, WorkerStats
-    from featureplane.online.serving import FeatureServer
-    from featureplane.pipelines.timefmt import format_ts, parse_rfc3339
-    from featureplane.runtime.simulate import SimulationPlan, request_mix, simulate
+    from featureplane.runtime.simulate import SimulationPlan, simulate
     from featureplane.schemas.streams import TRAFFIC
 
-    figures: dict = {"transactions": args.transactions}
-    with bench_app("online") as app:
-        plan = SimulationPlan(seed=args.seed, transactions=args.transactions)
-        publisher = Publisher(app.db, app.bus)
-        chunk: list[str] = []
-        publish_s = 0.0
-        for stream, event in simulate(plan):
-            if stream == TRAFFIC:
-                chunk.append(json.dumps(event, separators=(",", ":")))
-                if len(chunk) >= 50_000:
-                    publish_s += timed(lambda c=chunk: publisher.publish(TRAFFIC, c, "bench"))[0]
-                    chunk = []
-        if chunk:
-            publish_s += timed(lambda: publisher.publish(TRAFFIC, chunk, "bench"))[0]
-        figures["publish_events_per_s"] = round(args.transactions / publish_s)
+    plan = SimulationPlan(seed=seed, transactions=transactions)
+    publisher = Publisher(app.db, app.bus)
+    chunk: list[str] = []
+    for stream, event in simulate(plan):
+        if stream == TRAFFIC:
+            chunk.append(json.dumps(event, separators=(",", ":")))
+            if len(chunk) >= 50_000:
+                publisher.publish(TRAFFIC, chunk, "bench")
+                chunk = []
+    if chunk:
+        publisher.publish(TRAFFIC, chunk, "bench")
+    return plan
 
-        worker = OfpWorker(app.db, app.bus, app.registry, batch_size=app.settings.batch_size,
-                           bucketed=app.settings.bucketed_groups)
-        apply_s, stats = timed(lambda: worker.run_until_idle(WorkerStats()))
-        figures["apply_seconds"] = round(apply_s, 2)
-        figures["apply_events_per_s"] = round(stats.applied / apply_s)
-        figures["state_rows"] = stats.contributions
 
-        # baseline: the same events as one typed row each, one bare COPY into a table with one
-        # (scope, key, ts) index per key type (what the state table is, without the worker around it)
-        with app.db.transaction() as conn:
-            conn.execute("CREATE TABLE copy_baseline (LIKE ofp_events INCLUDING ALL)")
-            cur = conn.cursor(binary=True)
-            cur.execute("SELECT * FROM ofp_events")
-            rows = cur.fetchall()
-        columns = ", ".join(f'"{c}"' for c in ("scope_id", "partition", "offset", "ts_us", "account_id", "card_id",
-                                                 "customer_id", "merchant_id", "device_id", "amount_minor",
-                                                 "channel"))
+def apply_with_worker(app) -> dict:
+    """`fp worker --until-idle` in its own process: events/s and its peak RSS."""
+    env = {**os.environ, "FP_PG_DSN": app.db.dsn.reveal(), "FP_HOME": str(app.settings.home),
+           "PYTHONPATH": str(REPO)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    elapsed, done = timed(lambda: subprocess.run(
+        [sys.executable, "-m", "featureplane.runtime.cli", "worker", "--until-idle", "--timeout", "7200"],
+        env=env, cwd=REPO, capture_output=True, text=True))
+    if done.returncode != 0:
+        raise RuntimeError(done.stdout[-1000:] + done.stderr[-2000:])
+    summary = json.loads(done.stderr.strip().splitlines()[-1])
+    applied = summary["ofp"]["applied"]
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"events": applied, "seconds": round(elapsed, 2), "events_per_s": round(applied / elapsed),
+            "worker_peak_rss_mb": round(max(rss, before) / 1024, 1),
+            "note": "includes the context, archive and audit consumers of the same worker process"}
 
-        def copy_all() -> None:
-            with app.db.transaction() as conn, conn.cursor().copy(f"COPY copy_baseline ({columns}) FROM STDIN") as cp:
-                for row in rows:
-                    cp.write_row(row)
 
-        copy_s, _ = timed(copy_all)
-        figures["raw_copy_seconds"] = round(copy_s, 2)
-        figures["raw_copy_events_per_s"] = round(stats.applied / copy_s)
-        figures["apply_vs_raw_copy_ratio"] = round(copy_s / apply_s, 3)
+def copy_baseline(app) -> dict:
+    with app.db.transaction() as conn:
+        conn.execute("CREATE TABLE copy_baseline (LIKE ofp_events INCLUDING ALL)")
+        cur = conn.cursor(binary=True)
+        cur.execute("SELECT * FROM ofp_events")
+        rows = cur.fetchall()
+    columns = ", ".join(f'"{c}"' for c in ("scope_id", "partition", "offset", "ts_us", "account_id", "card_id",
+                                             "customer_id", "merchant_id", "device_id", "amount_minor", "channel"))
 
-        server = FeatureServer(app.db, app.bus, app.registry)
-        mix = request_mix(plan, args.requests, seed=3)
-        for request in mix[:50]:
-            server.get_features(request)  # warm-up
-        samples = []
-        total_s = 0.0
-        for request in mix:
-            elapsed, response = timed(lambda r=request: server.get_features(r))
-            assert response["kind"] == "get_features_response", response
-            samples.append(elapsed)
-            total_s += elapsed
-        figures["serve"] = {**percentiles(samples), "requests_per_s": round(len(mix) / total_s),
-                            "mix": "4 keys x 4 groups", "requests": len(mix)}
+    def copy_all() -> None:
+        with app.db.transaction() as conn, conn.cursor().copy(f"COPY copy_baseline ({columns}) FROM STDIN") as cp:
+            for row in rows:
+                cp.write_row(row)
 
-        # hot merchant: HOT events inside 7 days on one merchant, its own pins
-        rng = random.Random(5)
-        start = parse_rfc3339("2026-03-01T00:00:00Z")
-        pins = {"scenario_id": "scn_hot", "run_id": "run_hot", "manifest_fingerprint": "mf_hot",
-                "parameter_hash": "ph_hot"}
-        hot_lines = []
-        for i in range(args.hot):
+    elapsed, _ = timed(copy_all)
+    with app.db.transaction() as conn:
+        conn.execute("DROP TABLE copy_baseline")
+    return {"events": len(rows), "seconds": round(elapsed, 2), "events_per_s": round(len(rows) / elapsed)}
+
+
+def _serve_client(dsn: str, home: str, requests: list[dict], out: multiprocessing.Queue) -> None:
+    os.environ.update({"FP_PG_DSN": dsn, "FP_HOME": home})
+    from featureplane.online.serving import FeatureServer
+    from featureplane.runtime.app import App
+
+    app = App()
+    server = FeatureServer(app.db, app.bus, app.registry)
+    for request in requests[:20]:
+        server.get_features(request)  # warm-up
+    samples = []
+    for request in requests:
+        started = time.perf_counter()
+        response = server.get_features(request)
+        samples.append(time.perf_counter() - started)
+        assert response["kind"] == "get_features_response", response
+    server.close()
+    out.put(samples)
+
+
+def serve_level(app, mix: list[dict], clients: int) -> dict:
+    queue: multiprocessing.Queue = multiprocessing.Queue()
+    share = [mix[i::clients] for i in range(clients)]
+    procs = [multiprocessing.Process(target=_serve_client, args=(app.db.dsn.reveal(), str(app.settings.home),
+                                                                  part, queue)) for part in share]
+    started = time.perf_counter()
+    for p in procs:
+        p.start()
+    samples = [s for _ in procs for s in queue.get()]
+    for p in procs:
+        p.join()
+    elapsed = time.perf_counter() - started
+    return {**percentiles(samples), "requests": len(samples), "requests_per_s": round(len(samples) / elapsed)}
+
+
+def hot_keys(app, count: int) -> dict:
+    """One merchant, one device and one card, each with `count` events inside 7 days (own pins)."""
+    from featureplane.online.admission import Publisher
+    from featureplane.online.serving import FeatureServer
+    from featureplane.pipelines.timefmt import format_ts, parse_rfc3339
+    from featureplane.schemas.streams import TRAFFIC
+
+    rng = random.Random(5)
+    start = parse_rfc3339("2026-03-01T00:00:00Z")
+    pins = {"scenario_id": "scn_hot", "run_id": "run_hot", "manifest_fingerprint": "mf_hot", "parameter_hash": "ph_hot"}
+    publisher = Publisher(app.db, app.bus)
+    kinds = {"merchant": ("merchant_activity", "e_merchant_hot"), "device": ("device_reuse", "e_device_hot"),
+             "card": ("card_velocity", "e_card_hot")}
+    for kind in kinds:
+        lines = []
+        for i in range(count):
             ts = start + rng.randrange(0, 7 * 86_400_000_000)
-            hot_lines.append(json.dumps({
-                "event_id": f"hot_{i}", "event_type": "transaction_event", "schema_version": "v1",
-                "ts_utc": format_ts(ts), "context_pins": pins, "seed": 1, "platform_run_id": "prun_hot",
-                "payload": {"flow_id": f"hotflow_{i}", "merchant_id": "e_merchant_hot", "arrival_seq": i,
-                            "account_id": f"e_account_h{i % 50_000}", "card_id": f"e_card_h{i % 70_000}",
-                            "customer_id": f"e_customer_h{i % 50_000}", "device_id": None,
-                            "amount_minor": rng.randrange(100, 90_000), "currency": "EUR", "channel": "ecom"},
-            }, separators=(",", ":")))
-        for n in range(0, len(hot_lines), 50_000):
-            publisher.publish(TRAFFIC, hot_lines[n:n + 50_000], "bench-hot")
-        worker.run_until_idle(WorkerStats())
-        hot_samples = []
-        end = start + 7 * 86_400_000_000
-        for _ in range(300):
+            payload = {"flow_id": f"hot{kind}_{i}", "merchant_id": f"e_merchant_h{i % 3000}", "arrival_seq": i,
+                       "account_id": f"e_account_h{i % 50_000}", "card_id": f"e_card_h{i % 70_000}",
+                       "customer_id": f"e_customer_h{i % 50_000}", "device_id": f"e_device_h{i % 20_000}",
+                       "amount_minor": rng.randrange(100, 90_000), "currency": "EUR", "channel": "ecom"}
+            payload[f"{kind}_id"] = kinds[kind][1]
+            lines.append(json.dumps({"event_id": f"hot_{kind}_{i}", "event_type": "transaction_event",
+                                     "schema_version": "v1", "ts_utc": format_ts(ts), "context_pins": pins, "seed": 1,
+                                     "platform_run_id": "prun_hot", "payload": payload}, separators=(",", ":")))
+            if len(lines) >= 50_000:
+                publisher.publish(TRAFFIC, lines, "bench-hot")
+                lines = []
+        if lines:
+            publisher.publish(TRAFFIC, lines, "bench-hot")
+    apply_with_worker(app)
+    server = FeatureServer(app.db, app.bus, app.registry)
+    end = start + 7 * 86_400_000_000
+    out = {}
+    for kind, (group, key_id) in kinds.items():
+        samples = []
+        for _ in range(200):
             as_of = end - rng.randrange(0, 3_600_000_000)
             request = {"kind": "get_features_request", "contract_version": "ofp_public_contracts_v0",
                        "context_pins": pins, "as_of_time_utc": format_ts(as_of),
-                       "feature_keys": [{"key_type": "merchant", "key_id": "e_merchant_hot"}],
-                       "feature_groups": [{"group_name": "merchant_activity", "group_version": "1.0"}]}
+                       "feature_keys": [{"key_type": kind, "key_id": key_id}],
+                       "feature_groups": [{"group_name": group, "group_version": "1.0"}]}
             elapsed, response = timed(lambda r=request: server.get_features(r))
             assert response["kind"] == "get_features_response", response
-            hot_samples.append(elapsed)
-        count_7d = response["snapshot"]["by_key"][0]["by_group"][0]["features"]["merchant_txn_count_7d"]
-        figures["hot_merchant"] = {**percentiles(hot_samples), "events_in_7d_window": count_7d}
-        server.close()
-        figures["goals"] = {"apply_events_per_s": 50_000, "serve_p50_ms": 2, "serve_p99_ms": 10,
-                            "hot_merchant_p99_ms": 20}
+            samples.append(elapsed)
+        out[kind] = {**percentiles(samples), "group": group, "events_in_7d": count}
+    server.close()
+    return out
+
+
+def feast_peer() -> dict | None:
+    peer = REPO.parent / "shared" / "peers" / "feast_online.py"
+    if not peer.exists():
+        return None
+    done = subprocess.run([sys.executable, str(peer)], capture_output=True, text=True, timeout=3600)
+    try:
+        return json.loads(done.stdout[done.stdout.index("{"):])
+    except ValueError:
+        return {"error": done.stderr[-500:]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", type=int, default=100_000)
+    parser.add_argument("--large", type=int, default=1_000_000)
+    parser.add_argument("--hot", type=int, default=500_000)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--peer", choices=["feast"], default=None)
+    args = parser.parse_args()
+
+    from featureplane.runtime.simulate import request_mix
+
+    figures: dict = {"bench": "online", "small": args.small, "large": args.large}
+    with bench_app("online-small") as app:
+        publish_simulated(app, args.small, seed=17)
+        figures["apply_small"] = apply_with_worker(app)
+    with bench_app("online-large") as app:
+        plan = publish_simulated(app, args.large, seed=17)
+        figures["apply_large"] = apply_with_worker(app)
+        figures["apply_flatness_large_vs_small"] = round(
+            figures["apply_large"]["events_per_s"] / figures["apply_small"]["events_per_s"], 3)
+        figures["raw_copy"] = copy_baseline(app)
+        figures["apply_vs_raw_copy"] = round(figures["apply_large"]["events_per_s"]
+                                             / figures["raw_copy"]["events_per_s"], 3)
+        mix = request_mix(plan, args.requests, seed=3)
+        figures["serve"] = {str(c): serve_level(app, mix, c) for c in (1, 2, 4)}
+        figures["serve"]["mix"] = "4 keys x 4 groups"
+        if args.hot:
+            figures["hot_keys"] = hot_keys(app, args.hot)
+    if args.peer == "feast":
+        feast = feast_peer()
+        figures["feast"] = feast
+        one = figures["serve"]["1"]
+        shape = (feast or {}).get("4_views_1_row") or {}
+        if shape.get("p50_ms"):
+            figures["ratio_to_feast"] = {"p50": round(one["p50_ms"] / shape["p50_ms"], 2),
+                                         "p99": round(one["p99_ms"] / shape["p99_ms"], 2),
+                                         "requests_per_s": round(one["requests_per_s"] / shape["req_per_s"], 3)}
+    figures["goals"] = {"serve_p50_p99": "<= 1.5x Feast", "requests_per_s": ">= 0.7x Feast",
+                        "apply_events_per_s": 50_000, "apply_vs_raw_copy": 0.7, "flatness": 0.8,
+                        "hot_key_p99_ms": 3, "worker_rss_mb": 1024}
     emit(figures)
 
 
