@@ -189,6 +189,37 @@ def migrate_contributions(conn: psycopg.Connection, registry: Registry, group_id
     return moved
 
 
+HORIZON_SQL = "SELECT horizon_us FROM ofp_retention"
+
+
+def enforce_retention(conn: psycopg.Connection, retention_us: int) -> int | None:
+    """Drop the weekly partitions (and bucket partials) wholly older than `retention_us` behind the
+    applied event-time watermark, and move the horizon to the start of the oldest week kept, in one
+    transaction (serving sees the old state and horizon, or the new ones). Returns the horizon."""
+    conn.execute("SELECT pg_advisory_xact_lock(7305, 0)")  # the partition creator's lock
+    row = conn.execute("SELECT max(last_event_ts_us) FROM consumer_counters WHERE consumer = %s",
+                       (CONSUMER,)).fetchone()
+    current = conn.execute(HORIZON_SQL).fetchone()
+    if row is None or row[0] is None:
+        return None if current is None else int(current[0])
+    horizon = (int(row[0]) - retention_us) // WEEK_US * WEEK_US
+    if current is not None and int(current[0]) >= horizon:
+        return int(current[0])
+    for (name,) in conn.execute(
+            """SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                WHERE i.inhparent = 'ofp_events'::regclass""").fetchall():
+        week = -int(name.removeprefix("ofp_events_wm")) if name.startswith("ofp_events_wm") \
+            else int(name.removeprefix("ofp_events_w"))
+        if (week + 1) * WEEK_US <= horizon and name == partition_name(week):
+            conn.execute(f"DROP TABLE {name}")
+    conn.execute("""DELETE FROM ofp_buckets b USING ofp_bucket_specs s
+                     WHERE b.group_id = s.group_id AND (b.bucket + 1) * s.width_us <= %s""", (horizon,))
+    conn.execute("""INSERT INTO ofp_retention (horizon_us) VALUES (%s)
+                    ON CONFLICT (singleton) DO UPDATE SET horizon_us = EXCLUDED.horizon_us, updated_at = now()""",
+                 (horizon,))
+    return horizon
+
+
 KEY_FIELDS = ("account_id", "card_id", "customer_id", "merchant_id", "device_id")
 
 

@@ -13,13 +13,14 @@ import psycopg
 
 from featureplane.online.bus.base import EventBus
 from featureplane.online.checkpoints import WATERMARKS_SQL, basis_from_rows
-from featureplane.online.ofp_state import CONSUMER, OfpStateReader, bucket_specs, register_groups
+from featureplane.online.ofp_state import CONSUMER, HORIZON_SQL, OfpStateReader, bucket_specs, register_groups
 from featureplane.online.snapshot_store import stage
 from featureplane.pipelines.errors import FpError, Unavailable
 from featureplane.pipelines.registry import Registry
 from featureplane.pipelines.requests import FeatureRequest
 from featureplane.pipelines.serving_sql import GroupQuery, decode_rows, plan_serving
 from featureplane.pipelines.snapshot import assemble, error_response, input_basis
+from featureplane.pipelines.timefmt import format_ts
 from featureplane.runtime.postgres import Database
 from featureplane.schemas.requests import InvalidRequest, parse_request
 from featureplane.schemas.streams import TRAFFIC
@@ -77,6 +78,8 @@ class FeatureServer:
                                   parsed.context_pins)
         except _NotFound as exc:
             return error_response("NOT_FOUND", str(exc), False, parsed.context_pins)
+        except _BeyondRetention as exc:
+            return error_response("INVALID_REQUEST", str(exc), False, parsed.context_pins)
         except FpError as exc:
             return error_response("UNAVAILABLE", exc.message, exc.retryable, parsed.context_pins)
 
@@ -96,8 +99,12 @@ class FeatureServer:
             with conn.pipeline():  # round trip 1: one snapshot, the basis and every group read in it
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
                 basis_cur = conn.execute(WATERMARKS_SQL, (CONSUMER, TRAFFIC))
+                horizon_cur = conn.execute(HORIZON_SQL)
                 values_cur = conn.cursor()
                 values_cur.execute(plan.sql, plan.params)
+            horizon = horizon_cur.fetchone()
+            if horizon is not None:
+                _check_retention(request, int(horizon[0]))
             basis = input_basis(TRAFFIC, basis_from_rows(basis_cur.fetchall(), self.partitions))
             response = assemble(request, decode_rows(plan, values_cur.fetchall()), basis, self._provenance)
             with conn.pipeline():  # round trip 2: the response is durable before it is returned
@@ -122,6 +129,20 @@ class FeatureServer:
 
 class _NotFound(Exception):
     pass
+
+
+class _BeyondRetention(Exception):
+    pass
+
+
+def _check_retention(request: FeatureRequest, horizon_us: int) -> None:
+    """SPEC §5: a window reaching before the retention horizon is refused, never served partially.
+    A window (T - w, T] is complete when its earliest instant, T - w + 1 µs, is at or after the horizon."""
+    for group in request.groups:
+        if request.as_of_us - group.lookback_us + 1 < horizon_us:
+            raise _BeyondRetention(
+                f"{group.group_name}@{group.group_version} as of {request.as_of_time_utc} reaches before the online "
+                f"retention horizon {format_ts(horizon_us)}; the offline plane (fp ofs build) answers it")
 
 
 def _safe_pins(pins: dict[str, Any] | None) -> dict[str, str] | None:

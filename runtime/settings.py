@@ -111,6 +111,7 @@ class Settings:
     batch_size: int = 5000
     health: HealthThresholds = field(default_factory=HealthThresholds)
     bucketed_groups: dict[tuple[str, str], int] = field(default_factory=dict)  # (name, version) -> width µs
+    retention_us: int | None = None  # online state older than this (behind the applied watermark) is dropped
 
 
 def _env_secret(name: str, env: dict[str, str]) -> Secret | None:
@@ -205,4 +206,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         if not version or not isinstance(seconds, int) or seconds <= 0:
             raise ConfigError("CONFIG_INVALID", f"serving.bucketed_groups takes name@version: seconds in {where}")
         bucketed[(name, version)] = seconds * 1_000_000
-    return Settings(profile, home, postgres, object_store, bus, batch_size, health, bucketed)
+    days = (raw.get("worker") or {}).get("retention_days")
+    if days is not None and (not isinstance(days, int) or days < 7):
+        raise ConfigError("CONFIG_INVALID", f"worker.retention_days must be a whole number of days >= 7 in {where}")
+    return Settings(profile, home, postgres, object_store, bus, batch_size, health, bucketed,
+                    None if days is None else days * 86_400_000_000)

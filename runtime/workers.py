@@ -13,6 +13,7 @@ from featureplane.online.checkpoints import TRANSIENT_ERRORS, watermarks
 from featureplane.online.context_store import CONSUMER as CONTEXT_CONSUMER
 from featureplane.online.context_store import ContextStats, ContextWorker
 from featureplane.online.ofp_state import CONSUMER as OFP_CONSUMER
+from featureplane.online.ofp_state import enforce_retention
 from featureplane.online.ofp_worker import OfpWorker, WorkerStats
 from featureplane.online.snapshot_store import flush_outbox
 from featureplane.pipelines.errors import TerminalError
@@ -92,6 +93,9 @@ def _one_pass(app: Any, ofp: OfpWorker, context: ContextWorker, archive: Archive
     """Drain every consumer once; True when `until_idle` is satisfied (every partition at its end)."""
     before = (stats.batches, stats.failures, context_stats.batches, archived.commits)
     ofp.run_until_idle(stats)
+    if app.settings.retention_us is not None:
+        with app.db.transaction() as conn:
+            enforce_retention(conn, app.settings.retention_us)
     context.run_until_idle(context_stats)
     with contextlib.suppress(*TRANSIENT_ERRORS):  # the archive resumes from its marker next pass
         archive.archive_all(list(STREAMS), archived)

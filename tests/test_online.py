@@ -352,3 +352,38 @@ def test_concurrent_identical_requests_all_succeed_with_one_stored_snapshot(app)
     assert len({a["snapshot"]["feature_snapshot_hash"] for a in answers}) == 6
     with app.db.transaction() as conn:
         assert conn.execute("SELECT count(*) FROM snapshot_outbox").fetchone()[0] == 7
+
+
+def test_retention_drops_old_weeks_and_refuses_windows_reaching_before_the_horizon(app):
+    import dataclasses
+
+    from featureplane.online.ofp_state import WEEK_US
+    from featureplane.runtime.workers import run_workers
+
+    day = 86_400 * S
+    events = [txn(i, T0 - i * (day // 4), account="a1", card=f"c{i % 3}") for i in range(4 * 28)]  # 28 days
+    Publisher(app.db, app.bus).publish(TRAFFIC, lines(events), "t")
+    app.settings = dataclasses.replace(app.settings, retention_us=14 * day)
+    run_workers(app, until_idle=True)
+    horizon = (T0 - 14 * day) // WEEK_US * WEEK_US
+    with app.db.transaction() as conn:
+        assert conn.execute("SELECT horizon_us FROM ofp_retention").fetchone()[0] == horizon
+        oldest = conn.execute("SELECT min(ts_us) FROM ofp_events").fetchone()[0]
+        kept = conn.execute("SELECT count(*) FROM ofp_events").fetchone()[0]
+    assert oldest >= horizon and kept == sum(1 for e in events if reference.flatten(e)["ts_us"] >= horizon)
+    flat = [reference.flatten(e) for e in events]
+    inside = serve(app, request([("account", "a1"), ("card", "c1")], [("txn_velocity", "2.0"),
+                                                                        ("card_velocity", "1.0")], T0))
+    for entry in inside["snapshot"]["by_key"]:
+        for group in entry["by_group"]:
+            ref = group["group"]
+            expected, _ = reference.features(flat, f"{ref['group_name']}@{ref['group_version']}",
+                                             entry["feature_key"]["key_id"], T0)
+            assert group["features"] == expected  # the whole window is after the horizon: exact
+    before = serve(app, request([("account", "a1")], [("txn_velocity", "2.0")], T0 - 20 * day))
+    assert before["error_code"] == "INVALID_REQUEST" and format_ts(horizon) in before["message"]
+    edge = horizon - 1 + 7 * day  # the 7-day window (edge - 7d, edge] starts exactly at the horizon
+    assert serve(app, request([("account", "a1")], [("txn_velocity", "2.0")], edge))["kind"] == \
+        "get_features_response"
+    assert serve(app, request([("account", "a1")], [("txn_velocity", "2.0")], edge - 1))["error_code"] == \
+        "INVALID_REQUEST"
