@@ -44,9 +44,11 @@ class FeatureServer:
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
             self._conn = self.db.connect(autocommit=True)  # transactions are explicit below
-            # no server-side prepared statements: a generic plan cannot see which key or time span
-            # is asked for and may scan a hot key's whole history; a custom plan per call is cheap
-            self._conn.prepare_threshold = None
+            # the serving statement's text depends only on the groups asked for (every bound is a
+            # parameter): prepared once per shape, so parsing and analysis are not repeated
+            self._conn.prepare_threshold = 0
+            # plan_cache_mode stays auto: Postgres keeps custom plans where a generic one would cost
+            # more (forced generic plans were measured 6x slower on the raw-group aggregates)
             self._reader = OfpStateReader(register_groups(self._conn, self.registry))
         return self._conn
 

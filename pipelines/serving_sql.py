@@ -44,8 +44,13 @@ class ServingPlan:
     groups: tuple[GroupQuery, ...]
 
 
-def _span_sql(spans: Sequence[tuple[int, int]], column: str = f"{RAW}.ts_us") -> str:
-    terms = [f"({column} > {int(lo)} AND {column} <= {int(hi)})" for lo, hi in spans]
+def _span_sql(spans: Sequence[tuple[int, int]], params: list[Any], column: str = f"{RAW}.ts_us") -> str:
+    """(lo, hi] spans as a condition; the bounds are parameters, so the statement text does not
+    depend on the as-of time and one prepared (generic) plan serves every request of its shape."""
+    terms = []
+    for lo, hi in spans:
+        params += [int(lo), int(hi)]
+        terms.append(f"({column} > %s::bigint AND {column} <= %s::bigint)")
     return "(" + " OR ".join(terms) + ")" if terms else "false"
 
 
@@ -86,15 +91,16 @@ def _raw_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: int, 
     lo, hi = window_bounds(as_of, group.lookback_us)
     columns = []
     for feature in group.features:
-        condition = _span_sql([window_bounds(as_of, feature.window_us)])
-        columns += [_raw_partial_sql(p, condition, params) for p in partials_of(feature)]
+        for partial in partials_of(feature):
+            condition = _span_sql([window_bounds(as_of, feature.window_us)], params)
+            columns.append(_raw_partial_sql(partial, condition, params))
     columns.append(f"max({RAW}.ts_us)")
-    params += [scope_id, list(query.key_ids)]
+    params += [scope_id, list(query.key_ids), lo, hi]
     key = f'{RAW}."{group.key_field}"'
     # keys without rows in the window return no row: `decode_rows` gives them the empty partials
     return (f"SELECT {index} AS g, {key} AS key_id, ARRAY[{', '.join(columns)}]::bigint[] AS p "
             f"FROM ofp_events {RAW} WHERE {RAW}.scope_id = %s AND {key} = ANY(%s::text[]) "
-            f"AND {RAW}.ts_us > {lo} AND {RAW}.ts_us <= {hi} GROUP BY {key}")
+            f"AND {RAW}.ts_us > %s::bigint AND {RAW}.ts_us <= %s::bigint GROUP BY {key}")
 
 
 def _bucketed_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: int, as_of: int,
@@ -105,17 +111,21 @@ def _bucketed_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: 
     raw_columns: list[str] = []
     stored_columns: list[str] = []
     merged: list[str] = []
+    raw_params: list[Any] = []  # in the order their placeholders stand in the text
+    stored_params: list[Any] = []
     n = 0
 
     def add(partial: Partial, feature_window: int, bucketed: bool) -> None:
         nonlocal n
         spans = edge_spans(as_of, feature_window, width) if bucketed else [window_bounds(as_of, feature_window)]
-        raw_columns.append(_raw_partial_sql(partial, _span_sql(spans), params) + f" AS r{n}")
+        condition = _span_sql(spans, raw_params)
+        raw_columns.append(_raw_partial_sql(partial, condition, raw_params) + f" AS r{n}")
         if bucketed:
-            k_lo, k_hi = interior_buckets(as_of, feature_window, width)
+            stored_params.extend(interior_buckets(as_of, feature_window, width))
             slot = plan.index(partial) + 1  # Postgres arrays are 1-based
             agg = "max" if partial.kind == "max" else "sum"
-            stored_columns.append(f"{agg}(b.p[{slot}]) FILTER (WHERE b.bucket BETWEEN {k_lo} AND {k_hi}) AS s{n}")
+            stored_columns.append(f"{agg}(b.p[{slot}]) FILTER (WHERE b.bucket BETWEEN %s::bigint AND %s::bigint) "
+                                  f"AS s{n}")
             merged.append(_merge_sql(partial, f"r.r{n}", f"s.s{n}"))
         else:
             merged.append(f"r.r{n}")
@@ -127,7 +137,7 @@ def _bucketed_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: 
     add(LAST_TS, group.lookback_us, group.lookback_us >= 2 * width)
     first, last = _bucket_range(group, as_of, width)
     spans = raw_intervals(group, as_of, width)
-    params += [list(query.key_ids), [lo for lo, _ in spans], [hi for _, hi in spans], scope_id]
+    params += [*raw_params, list(query.key_ids), [lo for lo, _ in spans], [hi for _, hi in spans], scope_id]
     # one index range scan per (key, span): OFFSET 0 keeps the planner from flattening the LATERAL
     # subqueries into one scan of the key's whole history filtered afterwards
     raw = (f"SELECT k.key, {', '.join(raw_columns)} FROM unnest(%s::text[]) AS k(key) "
@@ -136,10 +146,10 @@ def _bucketed_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: 
            f"AND e.\"{group.key_field}\" = k.key AND e.ts_us > s.lo AND e.ts_us <= s.hi OFFSET 0) {RAW}) {RAW} "
            "ON true GROUP BY k.key")
     if stored_columns:
-        params += [list(query.key_ids), scope_id, group_id]
+        params += [*stored_params, list(query.key_ids), scope_id, group_id, first, last]
         stored = (f"SELECT b.key_id, {', '.join(stored_columns)} FROM ofp_buckets b "
                   f"WHERE b.key_id = ANY(%s::text[]) AND b.scope_id = %s AND b.group_id = %s "
-                  f"AND b.bucket BETWEEN {first} AND {last} GROUP BY b.key_id")
+                  f"AND b.bucket BETWEEN %s::bigint AND %s::bigint GROUP BY b.key_id")
         source = f"({raw}) r LEFT JOIN ({stored}) s ON s.key_id = r.key"
     else:
         source = f"({raw}) r"
