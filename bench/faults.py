@@ -48,7 +48,7 @@ def main() -> None:
         migrate(db)
         return db.dsn.reveal()
 
-    scenarios = [*LABELS, "zombie"] + ([] if args.no_postgres_restart else ["postgres_restart"])
+    scenarios = [*LABELS, "zombie", "scale_out"] + ([] if args.no_postgres_restart else ["postgres_restart"])
     outcomes = []
     started = time.perf_counter()
     try:
@@ -68,6 +68,9 @@ def main() -> None:
                                 driver.make_app(dsn, home), own, reference, seed, args.transactions, args.requests)
                         finally:
                             own.stop()
+                    elif scenario == "scale_out":
+                        outcome = driver.scale_out_scenario(driver.make_app(fresh(), home), reference, seed,
+                                                            args.transactions, 3, args.requests)
                     elif scenario == "zombie":
                         outcome = driver.zombie_scenario(driver.make_app(fresh(), home), reference, seed,
                                                          args.transactions, args.requests)

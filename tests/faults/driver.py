@@ -238,3 +238,18 @@ def postgres_restart_scenario(app: Any, server: Any, reference: Reference, seed:
         outcome.notes.append(err.decode()[-500:])
         run_worker(app)
     return compare(app, plan, reference, outcome, requests)
+
+
+def scale_out_scenario(app: Any, reference: Reference, seed: int, transactions: int, processes: int,
+                       requests: int) -> Outcome:
+    """Several `fp worker` processes at once share every stream's partitions through their leases;
+    together they must converge on exactly the single-process run."""
+    outcome = Outcome(f"{processes} worker processes at once", seed)
+    plan = publish_run(app, seed, transactions)
+    workers = [start_worker(app) for _ in range(processes)]
+    codes = [w.wait(timeout=300) for w in workers]
+    outcome.notes.append(f"exit codes {codes}")
+    with app.db.transaction() as conn:
+        epochs = conn.execute("SELECT sum(epoch) FROM consumer_checkpoints WHERE consumer = 'ofp'").fetchone()[0]
+    outcome.notes.append(f"ofp partition claims: {epochs}")
+    return compare(app, plan, reference, outcome, requests)

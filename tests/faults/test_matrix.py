@@ -67,3 +67,10 @@ def test_postgres_immediate_stop_mid_batch(reference, tmp_path):
         _assert_recovered(outcome)
     finally:
         server.stop()
+
+
+def test_three_worker_processes_share_the_partitions_and_agree(reference, pg_server, tmp_path):
+    app = _fresh_app(pg_server, tmp_path)
+    outcome = driver.scale_out_scenario(app, reference, SEED, TRANSACTIONS, 3, REQUESTS)
+    assert outcome.notes[0] == "exit codes [0, 0, 0]"
+    _assert_recovered(outcome)
