@@ -13,21 +13,25 @@ from pathlib import Path
 import pytest
 
 from featureplane.runtime.migrations import migrate
-from featureplane.runtime.postgres import Database, start_embedded
+from featureplane.runtime.postgres import Database
+from featureplane.runtime.secrets import Secret
 
 _counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Database]:
+    from featureplane.runtime.embedded_pg import EmbeddedServer
+
     root = Path(tempfile.mkdtemp(prefix="fp-pg-"))
-    dsn = start_embedded(root / "pg", stop_at_exit=True)
-    admin = Database(dsn)
+    server = EmbeddedServer(root / "pg")
+    admin = Database(Secret(server.ensure_running()))
     with admin.connect(autocommit=True) as conn:
         conn.execute("DROP DATABASE IF EXISTS fp_template")
         conn.execute("CREATE DATABASE fp_template")
     migrate(admin.with_database("fp_template"))
     yield admin
+    server.stop()  # the suite leaves no server running
     shutil.rmtree(root, ignore_errors=True)
 
 
