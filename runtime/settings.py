@@ -46,6 +46,13 @@ class AwsCredentials:
     session_token: Secret | None
 
 
+def _ambient_aws_credentials() -> bool:
+    """Whether boto3 finds credentials of its own (profile, container or instance role)."""
+    import boto3
+
+    return boto3.session.Session().get_credentials() is not None
+
+
 def boto3_client(service: str, region: str, endpoint_url: str | None, credentials: AwsCredentials) -> Any:
     """A boto3 client from explicit settings; the only place credentials are revealed to boto3."""
     import boto3  # heavy; only adapters that talk to AWS call this
@@ -53,6 +60,11 @@ def boto3_client(service: str, region: str, endpoint_url: str | None, credential
     def reveal(secret: Secret | None) -> str | None:
         return secret.reveal() if secret else None
 
+    if credentials.access_key_id is None and not _ambient_aws_credentials():
+        raise ConfigError(
+            "UNAVAILABLE",
+            f"no AWS credentials for {service}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and "
+            "AWS_SESSION_TOKEN for temporary ones), or AWS_PROFILE / an instance role")
     return boto3.client(
         service, region_name=region, endpoint_url=endpoint_url,
         aws_access_key_id=reveal(credentials.access_key_id),
