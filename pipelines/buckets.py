@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from featureplane.pipelines.algebra import Partial, partials_of
+from featureplane.pipelines.algebra import Partial, edge_spans, partials_of, window_bounds
 from featureplane.pipelines.features import (
     KEY,
     TS,
@@ -70,16 +70,16 @@ def bucket_partials(contribs: pl.DataFrame, group: GroupDef, width_us: int,
 
 
 def raw_intervals(group: GroupDef, as_of_us: int, width_us: int) -> list[tuple[int, int]]:
-    """(lo, hi] ranges of event time whose raw rows the bucketed evaluation needs at `as_of_us`:
-    the right edge, the left edge of every bucketed window, and the whole of every raw window."""
-    spans: list[tuple[int, int]] = [(as_of_us - width_us, as_of_us)]
+    """(lo, hi] ranges of event time whose raw rows the bucketed evaluation needs at `as_of_us`: the
+    two edges (`algebra.edge_spans`) of every bucketed window and the whole of every raw window,
+    merged where they touch."""
     needs = [(f.window_us, uses_buckets(f, width_us)) for f in group.features]
     needs.append((group.lookback_us, group.lookback_us >= 2 * width_us))
+    spans: list[tuple[int, int]] = []
     for width, bucketed in needs:
-        spans.append((as_of_us - width, as_of_us - width + width_us if bucketed else as_of_us))
-    spans.sort()
+        spans += edge_spans(as_of_us, width, width_us) if bucketed else [window_bounds(as_of_us, width)]
     merged: list[tuple[int, int]] = []
-    for lo, hi in spans:
+    for lo, hi in sorted(spans):
         if merged and lo <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
         else:

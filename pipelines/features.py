@@ -1,9 +1,9 @@
-"""Feature math: the registry's definitions compiled into polars expressions.
+"""The polars execution of the aggregation algebra (`pipelines.algebra`).
 
-One compilation per feature (`aggregate_expr`) serves every path: online serving and parity
-evaluate it at arbitrary as-of points (`point_features`), dataset builds evaluate it in rolling
-windows ending at each transaction (`rolling_features`). Window membership is exact:
-`T - w < ts <= T`, in integer microseconds.
+Each feature is its algebra partials finalized (`aggregate_expr`); parity evaluates it at arbitrary
+as-of points (`point_features`), dataset builds in rolling windows ending at each transaction
+(`rolling_features`). Online serving runs the SQL execution of the same algebra
+(`pipelines.serving_sql`). Window membership is the algebra's `T - w < ts <= T`, in microseconds.
 """
 
 from __future__ import annotations
