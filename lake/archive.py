@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -24,10 +25,13 @@ from featureplane.lake.delta import DeltaLake
 from featureplane.online.bus.base import BusCorrupt, EventBus
 from featureplane.online.checkpoints import clear_blocks, record_block
 from featureplane.pipelines.errors import TerminalError, TransientError
+from featureplane.pipelines.positions import below, order_keys, parse_offset
 from featureplane.runtime.faults import crash_point
 from featureplane.runtime.postgres import Database
 
-ARCHIVE_SCHEMA = pa.schema([("partition", pa.int32()), ("offset", pa.int64()), ("value", pa.binary())])
+# offsets as decimal strings: Kinesis sequence numbers exceed int64 (and Delta's decimal(38)). An
+# archive written before that keeps its int64 column; it is read as text and appended in its type.
+ARCHIVE_SCHEMA = pa.schema([("partition", pa.int32()), ("offset", pa.string()), ("value", pa.binary())])
 LOCK_NAMESPACE = 7_301  # advisory lock class for archive writers
 CONSUMER = "archive"  # the name under which archive blocks show in health
 
@@ -49,7 +53,7 @@ def table_name(stream: str) -> str:
 def archive_progress(lake: DeltaLake, stream: str) -> dict[int, int]:
     """Exclusive-next offset per partition up to which the archive of `stream` is complete."""
     found = lake.marker(table_name(stream))
-    return {} if found is None else {int(p): int(o) for p, o in found[1].items()}
+    return {} if found is None else {int(p): parse_offset(o) for p, o in found[1].items()}
 
 
 @dataclass
@@ -85,6 +89,9 @@ class ArchiveWriter:
 
     def _drain(self, stream: str, stats: ArchiveStats) -> None:
         progress = archive_progress(self.lake, stream)
+        existing = self.lake.table(table_name(stream))
+        offset_type = pa.string() if existing is None else pa.schema(existing.schema().to_arrow()).field("offset").type
+        schema = ARCHIVE_SCHEMA.set(1, pa.field("offset", offset_type))
         with self.db.transaction() as conn:  # blocks the archive has moved past (after an operator skip)
             for partition, offset in progress.items():
                 clear_blocks(conn, CONSUMER, stream, partition, offset)
@@ -103,9 +110,9 @@ class ArchiveWriter:
                     if batch.records:
                         parts.append(pa.table({
                             "partition": pa.array([r.partition for r in batch.records], pa.int32()),
-                            "offset": pa.array([r.offset for r in batch.records], pa.int64()),
+                            "offset": _offsets([r.offset for r in batch.records], offset_type),
                             "value": pa.array([r.value for r in batch.records], pa.binary()),
-                        }, schema=ARCHIVE_SCHEMA))
+                        }, schema=schema))
                         budget -= len(batch.records)
                     offset = batch.next_offset
                     if batch.caught_up or not batch.records:
@@ -116,7 +123,8 @@ class ArchiveWriter:
             if archive_progress(self.lake, stream) != progress:
                 raise ArchiveConflict(f"the archive of {stream} moved under this writer; restart to resume")
             rows = pa.concat_tables(parts)
-            marker = {str(p): o for p, o in sorted(new_progress.items())}
+            # decimal strings: a commit marker is JSON that other readers may parse as doubles
+            marker = {str(p): str(o) for p, o in sorted(new_progress.items())}
             self.lake.append(table_name(stream), _crash_after_files(rows), marker=marker)
             crash_point("archive_after_commit")
             progress = new_progress
@@ -125,6 +133,15 @@ class ArchiveWriter:
             stats.per_stream[stream] = stats.per_stream.get(stream, 0) + rows.num_rows
             if self.on_progress:
                 self.on_progress(stream, rows.num_rows)
+
+
+def _offsets(offsets: list[int], offset_type: pa.DataType) -> pa.Array:
+    if offset_type == pa.string():
+        return pa.array([str(o) for o in offsets], pa.string())
+    if offsets and offsets[-1] >= 2**63:
+        raise TerminalError("ARCHIVE_OFFSET_TYPE", "this archive was written with int64 offsets and cannot hold "
+                                                   "this bus's; rebuild it (see the README)")
+    return pa.array(offsets, offset_type)
 
 
 def _crash_after_files(rows: pa.Table) -> pa.RecordBatchReader:
@@ -152,12 +169,13 @@ def read_basis(lake: DeltaLake, stream: str, basis: dict[int, int]) -> pa.Table:
     table = lake.table(table_name(stream))
     if table is None:  # pragma: no cover - progress > 0 implies the table exists
         raise ReplayBasisIncomplete(f"no archive table for {stream}")
-    condition = None
-    for partition, offset in sorted(wanted.items()):
-        term = (pc.field("partition") == partition) & (pc.field("offset") < offset)
-        condition = term if condition is None else condition | term
-    data = table.to_pyarrow_dataset().to_table(filter=condition)
-    return data.sort_by([("partition", "ascending"), ("offset", "ascending")])
+    data = table.to_pyarrow_dataset().to_table(filter=pc.field("partition").isin(sorted(wanted)))
+    if data.schema.field("offset").type != pa.string():  # an archive from before decimal offsets
+        data = data.set_column(1, "offset", pc.cast(data.column("offset"), pa.string()))
+    frame = pl.from_arrow(data)
+    assert isinstance(frame, pl.DataFrame)
+    kept = frame.filter(pl.any_horizontal([(pl.col("partition") == p) & below(o) for p, o in sorted(wanted.items())]))
+    return kept.sort("partition", *order_keys()).to_arrow().cast(ARCHIVE_SCHEMA)
 
 
 __all__ = ["ARCHIVE_SCHEMA", "ArchiveConflict", "ArchiveStats", "ArchiveWriter", "ReplayBasisIncomplete",

@@ -29,10 +29,10 @@ class AuditSource:
 
 SOURCES = (
     AuditSource("apply_failures", "audit/apply_failures",
-                ("consumer", "stream", "partition", '"offset"', "event_id", "reason_code", "detail",
+                ("consumer", "stream", "partition", '"offset"::text', "event_id", "reason_code", "detail",
                  "recorded_at::text AS recorded_at"), 'consumer, stream, partition, "offset"',
                 pa.schema([("consumer", pa.string()), ("stream", pa.string()), ("partition", pa.int32()),
-                           ("offset", pa.int64()), ("event_id", pa.string()), ("reason_code", pa.string()),
+                           ("offset", pa.string()), ("event_id", pa.string()), ("reason_code", pa.string()),
                            ("detail", pa.string()), ("recorded_at", pa.string())])),
     AuditSource("ofs_run_events", "audit/run_events",
                 ("event_seq", "run_key", "from_state", "to_state", "reason_code", "detail", "at::text AS at"),
@@ -69,9 +69,16 @@ def export_source(db: Database, lake: DeltaLake, source: AuditSource, batch: int
                 rows = cur.fetchall()
             table = pa.table({f.name: [r[i] for r in rows] for i, f in enumerate(source.schema)},
                              schema=source.schema)
+            existing = lake.table(source.lake_table)
+            if existing is not None:  # a table from before decimal offsets keeps its column types
+                table = _in_types_of(table, pa.schema(existing.schema().to_arrow()))
             lake.append(source.lake_table, table, marker=int(batch_id), marker_key=MARKER)
             exported += len(rows)
     return exported
+
+
+def _in_types_of(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    return pa.table({f.name: table.column(f.name).cast(schema.field(f.name).type) for f in table.schema})
 
 
 def export_audit(db: Database, lake: DeltaLake) -> dict[str, int]:

@@ -25,6 +25,7 @@ from featureplane.offline.intents import BuildIntent, dataset_fingerprint, datas
 from featureplane.offline.replay import labels_at, transactions_at, with_pins
 from featureplane.pipelines.errors import TerminalError
 from featureplane.pipelines.features import LAST_UPDATE, TS, contributions, in_range_expr, rolling_features
+from featureplane.pipelines.positions import basis_json, order_keys
 from featureplane.pipelines.registry import GroupDef
 from featureplane.pipelines.timefmt import format_ts
 from featureplane.schemas.streams import LABELS
@@ -44,14 +45,14 @@ def resolve_label_basis(lake: DeltaLake, intent: BuildIntent) -> dict[str, Any]:
     if intent.label_basis is not None:
         return intent.label_basis
     progress = archive_progress(lake, LABELS)
-    return {"stream_name": LABELS, "watermark_basis": {str(p): o for p, o in sorted(progress.items())}}
+    return basis_json(LABELS, progress, intent.offset_style)
 
 
 def latest_labels(labels: pl.DataFrame, label_as_of_us: int) -> pl.DataFrame:
     """Per flow: the assertion with the greatest (observed_time, position) observed by the cut-off."""
     return (
         labels.filter(pl.col("observed_us") <= label_as_of_us)
-        .sort("observed_us", "partition", "offset")
+        .sort("observed_us", "partition", *order_keys())
         .group_by("platform_run_id", "flow_id", maintain_order=True)
         .last()
         .select("platform_run_id", "flow_id", "label", pl.col("observed_us").alias("label_observed_us"))
@@ -62,7 +63,7 @@ def compute_dataset(lake: DeltaLake, intent: BuildIntent, label_basis: dict[str,
     assert intent.scope_from_us is not None and intent.scope_to_us is not None
     assert intent.label_as_of_us is not None
     events, _ = transactions_at(lake, intent.replay_basis)
-    events = with_pins(events, intent.context_pins).sort(TS, "partition", "offset").with_row_index(ROW_ID)
+    events = with_pins(events, intent.context_pins).sort(TS, "partition", *order_keys()).with_row_index(ROW_ID)
     rows = events.filter((pl.col(TS) >= intent.scope_from_us) & (pl.col(TS) < intent.scope_to_us))
     for group in intent.groups:
         contribs = contributions(events, group, carry=(ROW_ID,))
@@ -77,7 +78,8 @@ def compute_dataset(lake: DeltaLake, intent: BuildIntent, label_basis: dict[str,
     rows = rows.with_columns(pl.Series("ts_utc", stamps, pl.String()),
                              pl.Series("label_observed_time_utc", observed, pl.String()))
     features = [feature_column(g, f) for g in intent.groups for f in g.feature_names]
-    return rows.sort(TS, "partition", "offset").select(*BASE_COLUMNS, *features, "label", "label_observed_time_utc")
+    return rows.sort(TS, "partition", *order_keys()).select(*BASE_COLUMNS, *features, "label",
+                                                            "label_observed_time_utc")
 
 
 def parquet_bytes(frame: pl.DataFrame) -> bytes:

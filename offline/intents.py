@@ -14,6 +14,7 @@ from typing import Any
 
 from featureplane.pipelines.canonical import sha256_ref
 from featureplane.pipelines.errors import RejectedEvent, TerminalError
+from featureplane.pipelines.positions import OffsetStyle, offset_json, parse_offset
 from featureplane.pipelines.registry import GroupDef, Registry
 from featureplane.pipelines.timefmt import TimestampError, format_ts, parse_rfc3339
 from featureplane.schemas.envelope import PIN, validate_pins
@@ -22,7 +23,7 @@ from featureplane.schemas.streams import LABELS, TRAFFIC
 INTENT_KINDS = ("dataset_build", "parity_rebuild", "forensic_rebuild")
 INTENT_FIELDS = {"request_id", "intent_kind", "context_pins", "replay_basis", "feature_groups", "label_as_of_utc",
                  "observation_scope", "label_basis", "kind", "contract_version"}
-DATASET_FORMAT = "fp_dataset_v1"
+DATASET_FORMAT = "fp_dataset_v2"  # v2: offsets are decimal strings (Kinesis sequence numbers exceed int64)
 
 
 class IntentRejected(TerminalError):
@@ -40,6 +41,7 @@ class BuildIntent:
     scope_from_us: int | None
     scope_to_us: int | None
     label_basis: dict[str, Any] | None
+    offset_style: OffsetStyle = OffsetStyle.INTEGER  # the bus's notation for offsets in a basis
 
     def body(self) -> dict[str, Any]:
         """The normalized intent (what idempotency compares and the ledger stores)."""
@@ -61,7 +63,9 @@ class BuildIntent:
         return sha256_ref(self.body())
 
 
-def _basis(raw: object, what: str, stream: str) -> dict[str, Any]:
+def _basis(raw: object, what: str, stream: str, style: OffsetStyle) -> dict[str, Any]:
+    """The basis in the bus's own notation (integers, or decimal strings for Kinesis), so the same
+    basis written either way names the same run and fingerprint."""
     if not isinstance(raw, dict) or set(raw) != {"stream_name", "watermark_basis"}:
         raise IntentRejected("INVALID_BASIS", f"{what} is exactly {{stream_name, watermark_basis}}")
     if raw["stream_name"] != stream:
@@ -73,9 +77,11 @@ def _basis(raw: object, what: str, stream: str) -> dict[str, Any]:
     for partition, offset in marks.items():
         if not (isinstance(partition, str) and partition.isdigit() and len(partition) <= 4):
             raise IntentRejected("INVALID_BASIS", f"{what}: partition ids are decimal strings")
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise IntentRejected("INVALID_BASIS", f"{what}: offsets are integers >= 0")
-        normalized[int(partition)] = offset
+        try:
+            normalized[int(partition)] = offset_json(parse_offset(offset), style)
+        except ValueError:
+            raise IntentRejected("INVALID_BASIS", f"{what}: offsets are integers >= 0, or their decimal strings "
+                                                  "(Kinesis sequence numbers)") from None
     return {"stream_name": stream, "watermark_basis": {str(p): normalized[p] for p in sorted(normalized)}}
 
 
@@ -86,7 +92,7 @@ def _time(raw: object, what: str) -> int:
         raise IntentRejected("INVALID_TIMESTAMP", f"{what} must be an RFC 3339 timestamp with offset") from None
 
 
-def parse_intent(raw: object, registry: Registry) -> BuildIntent:
+def parse_intent(raw: object, registry: Registry, style: OffsetStyle = OffsetStyle.INTEGER) -> BuildIntent:
     if not isinstance(raw, dict):
         raise IntentRejected("INTENT_MALFORMED", "a BuildIntent is a JSON object")
     unknown = set(raw) - INTENT_FIELDS
@@ -104,7 +110,7 @@ def parse_intent(raw: object, registry: Registry) -> BuildIntent:
         raise IntentRejected("INVALID_PINS", exc.message) from None
     if "replay_basis" not in raw:
         raise IntentRejected("MISSING_REPLAY_BASIS", "replay_basis is required; nothing is ever 'latest'")
-    basis = _basis(raw["replay_basis"], "replay_basis", TRAFFIC)
+    basis = _basis(raw["replay_basis"], "replay_basis", TRAFFIC, style)
     groups_raw = raw.get("feature_groups")
     if not isinstance(groups_raw, list) or not 1 <= len(groups_raw) <= 20:
         raise IntentRejected("INVALID_GROUPS", "feature_groups is a list of 1-20 {group_name, group_version}")
@@ -133,9 +139,9 @@ def parse_intent(raw: object, registry: Registry) -> BuildIntent:
         if scope_from >= scope_to:
             raise IntentRejected("INVALID_SCOPE", "observation_scope.ts_from_utc must be before ts_to_utc")
         if "label_basis" in raw:
-            label_basis = _basis(raw["label_basis"], "label_basis", LABELS)
+            label_basis = _basis(raw["label_basis"], "label_basis", LABELS, style)
     return BuildIntent(request_id, kind, pins, basis, tuple(groups[k] for k in sorted(groups)), label_as_of,
-                       scope_from, scope_to, label_basis)
+                       scope_from, scope_to, label_basis, style)
 
 
 def dataset_identity(intent: BuildIntent, label_basis: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from featureplane.pipelines.errors import FpError, TerminalError, TransientError
 
 def run_intent(app: Any, raw: object) -> dict[str, Any]:
     """Run (or find the finished run of) one intent; returns the manifest / result JSON."""
-    intent = parse_intent(raw, app.registry)
+    intent = parse_intent(raw, app.registry, app.bus.offset_style)
     ledger = RunLedger(app.db)
     run, _ = ledger.admit(intent)
     if run.state == "DONE":

@@ -10,25 +10,23 @@ import polars as pl
 from featureplane.lake.archive import read_basis
 from featureplane.lake.delta import DeltaLake
 from featureplane.pipelines.errors import TerminalError
+from featureplane.pipelines.positions import parse_basis
 from featureplane.schemas.records import ApplyFailure, decode_labels, decode_transactions, first_positions
 
 
 def basis_offsets(basis: dict[str, Any]) -> tuple[str, dict[int, int]]:
     """(stream_name, {partition: exclusive-next offset}) from an input/replay basis object."""
     try:
-        stream = basis["stream_name"]
-        offsets = {int(p): int(o) for p, o in basis["watermark_basis"].items()}
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise TerminalError("INVALID_BASIS", "a basis is {stream_name, watermark_basis: {partition: offset}}") from None
-    if not isinstance(stream, str) or any(p < 0 or o < 0 for p, o in offsets.items()):
-        raise TerminalError("INVALID_BASIS", "basis partitions and offsets are integers >= 0")
-    return stream, offsets
+        return parse_basis(basis)
+    except ValueError as exc:
+        raise TerminalError("INVALID_BASIS", f"a basis is {{stream_name, watermark_basis: {{partition: offset}}}}: "
+                                             f"{exc}") from None
 
 
 def _records(lake: DeltaLake, basis: dict[str, Any]) -> list[tuple[int, int, bytes]]:
     stream, offsets = basis_offsets(basis)
     table = read_basis(lake, stream, offsets)
-    return list(zip(table.column("partition").to_pylist(), table.column("offset").to_pylist(),
+    return list(zip(table.column("partition").to_pylist(), map(int, table.column("offset").to_pylist()),
                     table.column("value").to_pylist(), strict=True))
 
 

@@ -242,7 +242,7 @@ class Publisher:
                 positions = self.bus.append(stream, items)
                 conn.execute(
                     """UPDATE admissions a SET partition = u.p, "offset" = u.o
-                       FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::bigint[])
+                       FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::numeric[])
                             AS u(r, t, i, p, o)
                        WHERE a.platform_run_id = u.r AND a.event_type = u.t AND a.event_id = u.i""",
                     ([k[0] for k in admitted], [k[1] for k in admitted], [k[2] for k in admitted],

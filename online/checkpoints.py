@@ -57,7 +57,7 @@ def claim(conn: psycopg.Connection, consumer: str, stream: str, partition: int, 
     ).fetchone()
     if row is None:
         return None
-    return Lease(consumer, stream, partition, owner, row[0], row[1])
+    return Lease(consumer, stream, partition, owner, row[0], int(row[1]))  # numeric -> exact int
 
 
 def advance(conn: psycopg.Connection, lease: Lease, new_offset: int) -> Lease:

@@ -22,6 +22,7 @@ from featureplane.online.checkpoints import Lease, advance, bump_counters, drain
 from featureplane.online.ofp_worker import worker_identity
 from featureplane.pipelines.canonical import sha256_ref
 from featureplane.pipelines.errors import RejectedEvent, TerminalError
+from featureplane.pipelines.positions import OffsetStyle, offset_json
 from featureplane.pipelines.timefmt import parse_rfc3339
 from featureplane.runtime.postgres import Database
 from featureplane.schemas.envelope import EVENT_ID, PIN_FIELDS, is_entity_id, is_pin
@@ -63,7 +64,8 @@ class _Event:
     ts_us: int
 
 
-def _decode(stream: str, records: Iterable[tuple[int, int, bytes]]) -> tuple[list[_Event], list[tuple]]:
+def _decode(stream: str, records: Iterable[tuple[int, int, bytes]],
+            style: OffsetStyle) -> tuple[list[_Event], list[tuple]]:
     events: list[_Event] = []
     failures: list[tuple] = []
     expected = EVENT_TYPE[stream]
@@ -75,7 +77,7 @@ def _decode(stream: str, records: Iterable[tuple[int, int, bytes]]) -> tuple[lis
             continue
         payload = {k: event["payload"][k] for k in KEPT[expected]}
         pins = event["context_pins"]
-        events.append(_Event({"stream": stream, "partition": partition, "offset": offset},
+        events.append(_Event({"stream": stream, "partition": partition, "offset": offset_json(offset, style)},
                              tuple(pins[p] for p in PIN_FIELDS), event["platform_run_id"], pins["run_id"],
                              payload, sha256_ref(payload), parse_rfc3339(event["ts_utc"])))
     return events, failures
@@ -225,7 +227,7 @@ class ContextWorker:
 
     def apply_batch(self, stream: str, lease: Lease, records: list[tuple[int, int, bytes]], next_offset: int,
                     stats: ContextStats) -> Lease:
-        events, failures = _decode(stream, records)
+        events, failures = _decode(stream, records, self.bus.offset_style)
         with self.db.transaction() as conn:
             record_failures(conn, CONSUMER, stream, failures)
             if stream == FLOW_ANCHOR:

@@ -7,6 +7,7 @@ from typing import Any
 
 from featureplane.online.checkpoints import watermarks
 from featureplane.pipelines.errors import FpError
+from featureplane.pipelines.positions import offset_json
 from featureplane.pipelines.timefmt import US_PER_SECOND, format_ts
 from featureplane.schemas.streams import TRAFFIC
 
@@ -84,7 +85,7 @@ def consumer_health(app: Any, consumer: str, stream: str) -> dict[str, Any]:
                     grades.append("AMBER")
                 grades.append(_grade(checkpoint_age, t.watermark_age_seconds_amber, t.watermark_age_seconds_red))
         detail[str(p)] = {
-            "watermark": applied_basis[p],
+            "watermark": offset_json(applied_basis[p], app.bus.offset_style),
             "lag_records": lag,
             "event_time_watermark": None if last_ts is None else format_ts(int(last_ts)),
             "watermark_age_seconds": None if last_ts is None else max(0.0, now - int(last_ts) / US_PER_SECOND),

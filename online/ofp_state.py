@@ -120,12 +120,12 @@ class OfpStateWriter:
             return frame
         claimed = conn.execute(
             """INSERT INTO ofp_event_ids (platform_run_id, event_id, partition, "offset")
-               SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::bigint[])
-               ON CONFLICT DO NOTHING RETURNING partition, "offset" """,
+               SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::numeric[])
+               ON CONFLICT DO NOTHING RETURNING partition, "offset"::text""",
             (frame["platform_run_id"].to_list(), frame["event_id"].to_list(), frame["partition"].to_list(),
              frame["offset"].to_list()),
         ).fetchall()
-        keep = pl.DataFrame(claimed, schema={"partition": pl.Int64(), "offset": pl.Int64()}, orient="row")
+        keep = pl.DataFrame(claimed, schema={"partition": pl.Int64(), "offset": pl.String()}, orient="row")
         return frame.join(keep, on=["partition", "offset"], how="semi")
 
     def write_events(self, conn: psycopg.Connection, rows: pl.DataFrame) -> int:

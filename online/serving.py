@@ -16,10 +16,11 @@ from featureplane.online.checkpoints import WATERMARKS_SQL, basis_from_rows
 from featureplane.online.ofp_state import CONSUMER, HORIZON_SQL, OfpStateReader, bucket_specs, register_groups
 from featureplane.online.snapshot_store import stage
 from featureplane.pipelines.errors import FpError, Unavailable
+from featureplane.pipelines.positions import basis_json
 from featureplane.pipelines.registry import Registry
 from featureplane.pipelines.requests import FeatureRequest
 from featureplane.pipelines.serving_sql import GroupQuery, decode_rows, plan_serving
-from featureplane.pipelines.snapshot import assemble, error_response, input_basis
+from featureplane.pipelines.snapshot import assemble, error_response
 from featureplane.pipelines.timefmt import format_ts
 from featureplane.runtime.postgres import Database
 from featureplane.schemas.requests import InvalidRequest, parse_request
@@ -35,6 +36,7 @@ class FeatureServer:
         self.db = db
         self.registry = registry
         self.partitions = bus.partitions(TRAFFIC)
+        self.offset_style = bus.offset_style
         self._conn: psycopg.Connection | None = None
         self._reader: OfpStateReader | None = None
         self._widths: dict[int, int] | None = None
@@ -107,7 +109,7 @@ class FeatureServer:
             horizon = horizon_cur.fetchone()
             if horizon is not None:
                 _check_retention(request, int(horizon[0]))
-            basis = input_basis(TRAFFIC, basis_from_rows(basis_cur.fetchall(), self.partitions))
+            basis = basis_json(TRAFFIC, basis_from_rows(basis_cur.fetchall(), self.partitions), self.offset_style)
             response = assemble(request, decode_rows(plan, values_cur.fetchall()), basis, self._provenance)
             with conn.pipeline():  # round trip 2: the response is durable before it is returned
                 stage(conn, response)

@@ -19,7 +19,7 @@ AS_OF = "as_of_us"
 LAST_UPDATE = "last_update_us"
 
 TRANSACTION_COLUMNS: dict[str, pl.DataType] = {
-    "partition": pl.Int32(), "offset": pl.Int64(), "event_id": pl.String(), TS: pl.Int64(),
+    "partition": pl.Int32(), "offset": pl.String(), "event_id": pl.String(), TS: pl.Int64(),
     "account_id": pl.String(), "card_id": pl.String(), "customer_id": pl.String(),
     "merchant_id": pl.String(), "device_id": pl.String(), "amount_minor": pl.Int64(), "channel": pl.String(),
 }

@@ -42,10 +42,6 @@ def snapshot_hash(response: dict[str, Any]) -> str:
     return sha256_ref(hashed_payload(response))
 
 
-def input_basis(stream_name: str, watermarks: dict[int, int]) -> dict[str, Any]:
-    return {"stream_name": stream_name, "watermark_basis": {str(p): watermarks[p] for p in sorted(watermarks)}}
-
-
 GroupValues = dict[tuple[str, str, str], dict[str, Any]]  # (group, version, key_id) -> features + last_update_us
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
+from psycopg.adapt import Loader
 
 from featureplane.pipelines.errors import Unavailable
 from featureplane.runtime.secrets import Secret
@@ -31,6 +33,15 @@ def start_embedded(data_dir: Path, *, stop_at_exit: bool = False, settings: dict
     return dsn
 
 
+class WholeNumericLoader(Loader):
+    """numeric as an exact int when it is whole (bus offsets are numeric: Kinesis sequence numbers
+    exceed bigint), a Decimal otherwise."""
+
+    def load(self, data: bytes | bytearray | memoryview) -> int | Decimal:
+        text = bytes(data).decode("ascii")
+        return Decimal(text) if "." in text or not text.lstrip("-").isdigit() else int(text)
+
+
 @dataclass(frozen=True)
 class Database:
     """A connection factory over one DSN."""
@@ -45,9 +56,11 @@ class Database:
 
     def connect(self, *, autocommit: bool = False) -> psycopg.Connection:
         try:
-            return psycopg.connect(self.dsn.reveal(), autocommit=autocommit, connect_timeout=10)
+            conn = psycopg.connect(self.dsn.reveal(), autocommit=autocommit, connect_timeout=10)
         except psycopg.OperationalError as exc:
             raise Unavailable(f"postgres is unreachable ({type(exc).__name__})") from None
+        conn.adapters.register_loader("numeric", WholeNumericLoader)
+        return conn
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:

@@ -17,6 +17,7 @@ from featureplane.online.ofp_state import enforce_retention
 from featureplane.online.ofp_worker import OfpWorker, WorkerStats
 from featureplane.online.snapshot_store import flush_outbox
 from featureplane.pipelines.errors import TerminalError
+from featureplane.pipelines.positions import offset_json
 from featureplane.schemas.streams import CONTEXT_STREAMS, STREAMS, TRAFFIC
 
 
@@ -83,7 +84,8 @@ def run_workers(app: Any, *, until_idle: bool, poll_seconds: float = 1.0,
             raise WorkerTimeout(partitions_behind(app), timeout_seconds)
     exported = export_audit(app.db, app.lake)
     summary = asdict(stats)
-    summary["per_partition"] = {str(k): v for k, v in sorted(stats.per_partition.items())}
+    summary["per_partition"] = {str(k): offset_json(v, app.bus.offset_style)
+                               for k, v in sorted(stats.per_partition.items())}
     return {"ofp": summary, "context": asdict(context_stats), "archive": asdict(archived),
             "audit_exported": exported}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandera.polars as pa
 import polars as pl
 
+from featureplane.pipelines.positions import OFFSET_TEXT
 from featureplane.schemas.envelope import ENTITY_ID, EVENT_ID, PIN
 
 CHANNEL_VALUES = ["card_present", "ecom", "mobile"]
@@ -14,7 +15,7 @@ class PositionedEventFrame(pa.DataFrameModel):
     """The columns every flattened event frame starts with: bus position, identity, flow and pins."""
 
     partition: int = pa.Field(ge=0)
-    offset: int = pa.Field(ge=0)
+    offset: str = pa.Field(str_matches=rf"^(?:{OFFSET_TEXT.pattern})$")  # decimal: Kinesis offsets exceed int64
     platform_run_id: str = pa.Field(str_matches=PIN.pattern)
     event_id: str = pa.Field(str_matches=EVENT_ID.pattern)
     flow_id: str = pa.Field(str_matches=EVENT_ID.pattern)
@@ -42,7 +43,7 @@ class TransactionFrame(PositionedEventFrame):
 
 
 TRANSACTION_SCHEMA: dict[str, pl.DataType] = {
-    "partition": pl.Int64(), "offset": pl.Int64(), "platform_run_id": pl.String(), "event_id": pl.String(),
+    "partition": pl.Int64(), "offset": pl.String(), "platform_run_id": pl.String(), "event_id": pl.String(),
     "flow_id": pl.String(), "scenario_id": pl.String(), "run_id": pl.String(), "manifest_fingerprint": pl.String(),
     "parameter_hash": pl.String(), "ts_us": pl.Int64(), "account_id": pl.String(), "card_id": pl.String(),
     "customer_id": pl.String(), "merchant_id": pl.String(), "device_id": pl.String(),
@@ -63,7 +64,7 @@ class LabelFrame(PositionedEventFrame):
 
 
 LABEL_SCHEMA: dict[str, pl.DataType] = {
-    "partition": pl.Int64(), "offset": pl.Int64(), "platform_run_id": pl.String(), "event_id": pl.String(),
+    "partition": pl.Int64(), "offset": pl.String(), "platform_run_id": pl.String(), "event_id": pl.String(),
     "flow_id": pl.String(), "scenario_id": pl.String(), "run_id": pl.String(),
     "manifest_fingerprint": pl.String(), "parameter_hash": pl.String(), "label": pl.String(),
     "effective_us": pl.Int64(), "observed_us": pl.Int64(),

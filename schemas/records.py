@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 
 from featureplane.pipelines.errors import RejectedEvent
+from featureplane.pipelines.positions import order_keys
 from featureplane.pipelines.timefmt import parse_rfc3339
 from featureplane.schemas.envelope import may_hold_forbidden_text, normalize_event
 from featureplane.schemas.frames import LABEL_SCHEMA, TRANSACTION_SCHEMA, LabelFrame, TransactionFrame, invalid_rows
@@ -51,7 +52,7 @@ def _decode(records: Iterable[tuple[int, int, bytes]], event_type: str, schema: 
             failures.append(ApplyFailure(partition, offset, None, exc.reason_code, exc.message))
             continue
         pins = event["context_pins"]
-        rows.append((partition, offset, event["platform_run_id"], event["event_id"], event["payload"]["flow_id"],
+        rows.append((partition, str(offset), event["platform_run_id"], event["event_id"], event["payload"]["flow_id"],
                      pins["scenario_id"], pins["run_id"], pins["manifest_fingerprint"], pins["parameter_hash"],
                      *flatten(event)))
     frame = pl.DataFrame(rows, schema=schema, orient="row")
@@ -59,7 +60,7 @@ def _decode(records: Iterable[tuple[int, int, bytes]], event_type: str, schema: 
     if bad:
         for index, check in sorted(bad.items()):
             row = frame.row(index, named=True)
-            failures.append(ApplyFailure(row["partition"], row["offset"], row["event_id"], "CONTRACT_VIOLATION",
+            failures.append(ApplyFailure(row["partition"], int(row["offset"]), row["event_id"], "CONTRACT_VIOLATION",
                                          check))
         frame = frame.with_row_index("_i").filter(~pl.col("_i").is_in(list(bad))).drop("_i")
     return frame, failures
@@ -88,5 +89,5 @@ def decode_labels(records: Iterable[tuple[int, int, bytes]]) -> tuple[pl.DataFra
 
 def first_positions(frame: pl.DataFrame) -> pl.DataFrame:
     """Keep each (platform_run_id, event_id) once, at its first (partition, offset)."""
-    return frame.sort("partition", "offset").unique(["platform_run_id", "event_id"], keep="first",
+    return frame.sort("partition", *order_keys()).unique(["platform_run_id", "event_id"], keep="first",
                                                     maintain_order=True)

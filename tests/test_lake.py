@@ -25,7 +25,8 @@ def _positions(lake: DeltaLake, stream: str) -> Counter:
     table = lake.read(table_name(stream), columns=["partition", "offset"])
     if table is None:
         return Counter()
-    return Counter(zip(table.column("partition").to_pylist(), table.column("offset").to_pylist(), strict=True))
+    offsets = map(int, table.column("offset").to_pylist())  # decimal strings in the archive
+    return Counter(zip(table.column("partition").to_pylist(), offsets, strict=True))
 
 
 def _bus_positions(bus, stream: str) -> set:

@@ -1,7 +1,8 @@
 """The bus port: append records by partition key, read a partition from an offset in batches.
 
 A position `(stream, partition, offset)` is the identity of a delivered record. Offsets are
-integers; a watermark is the exclusive-next offset of a partition.
+Python ints of any size (Kinesis sequence numbers reach 10^56; see pipelines/positions.py for how
+they are stored); a watermark is the exclusive-next offset of a partition.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from featureplane.pipelines.errors import TerminalError
+from featureplane.pipelines.positions import OffsetStyle
 from featureplane.schemas.records import SKIPPED_RECORD
 
 __all__ = ["SKIPPED_RECORD", "BusCorrupt", "BusRecord", "EventBus", "ReadBatch", "partition_for"]
@@ -56,6 +58,8 @@ class ReadBatch:
 
 class EventBus(Protocol):
     """What producers and consumers need from a bus, whichever backend carries it."""
+
+    offset_style: OffsetStyle  # how its offsets appear in a JSON basis
 
     def ensure_stream(self, stream: str) -> None: ...
 

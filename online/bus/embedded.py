@@ -19,6 +19,7 @@ from pathlib import Path
 
 from featureplane.online.bus.base import SKIPPED_RECORD, BusCorrupt, BusRecord, ReadBatch, partition_for
 from featureplane.pipelines.errors import TerminalError
+from featureplane.pipelines.positions import OffsetStyle
 from featureplane.schemas.streams import stream_spec
 
 HEADER = struct.Struct(">II")
@@ -26,6 +27,8 @@ INDEX_ENTRY = struct.Struct(">Q")
 
 
 class EmbeddedBus:
+    offset_style = OffsetStyle.INTEGER
+
     def __init__(self, root: Path | str, partitions: int) -> None:
         self.root = Path(root)
         self.partition_count = partitions

@@ -2,8 +2,9 @@
 
 Partition i is the i-th shard by starting hash key; records are routed there with an explicit
 hash key computed by the same stable partitioner as the embedded bus, so a partition key lands
-in the same partition on both backends. Offsets are the shards' sequence numbers (integers);
-the exclusive-next offset of a record is its sequence number + 1.
+in the same partition on both backends. Offsets are the shards' sequence numbers (Python ints,
+56 digits in practice; written as decimal strings wherever they leave Python); the exclusive-next
+offset of a record is its sequence number + 1.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from featureplane.online.bus.base import BusRecord, ReadBatch, partition_for
 from featureplane.pipelines.errors import TerminalError, Unavailable
+from featureplane.pipelines.positions import OffsetStyle
 from featureplane.runtime.settings import KinesisBus, boto3_client
 from featureplane.schemas.streams import stream_spec
 
@@ -43,6 +45,8 @@ def kinesis_client(settings: KinesisBus) -> Any:
 
 
 class KinesisEventBus:
+    offset_style = OffsetStyle.DECIMAL_STRING
+
     def __init__(self, client: Any, partitions: int) -> None:
         self.client = client
         self.partition_count = partitions
