@@ -409,8 +409,9 @@ def context_digest(conn: psycopg.Connection, platform_run_id: str) -> str:
                        "anomalies": [list(r) for r in anomalies]})
 
 
-def applied_basis(conn: psycopg.Connection, bus: EventBus) -> dict[str, dict[str, int]]:
-    return {s: {str(p): o for p, o in watermarks(conn, CONSUMER, s, bus.partitions(s)).items()}
+def applied_basis(conn: psycopg.Connection, bus: EventBus) -> dict[str, dict[str, int | str]]:
+    return {s: {str(p): offset_json(o, bus.offset_style)
+                for p, o in watermarks(conn, CONSUMER, s, bus.partitions(s)).items()}
             for s in CONTEXT_STREAMS}
 
 

@@ -28,6 +28,26 @@ FAILURE_WINDOW_SECONDS = 900  # a failure ledgered this recently means the ledge
 CRASH_LOOP_RED = 3  # errors in a row on one partition that make it RED
 
 
+ADMITTED_AFTER_SQL = """SELECT count(*) FROM admissions WHERE stream = %s AND partition = %s AND "offset" >= %s"""
+
+
+def backlog(app: Any, conn: Any, stream: str, positions: dict[int, int]) -> dict[int, tuple[int, int | None]]:
+    """(records waiting, milliseconds behind the newest record) per partition after `positions`.
+
+    Where the bus cannot count (Kinesis), the count comes from the admission ledger, which records
+    the position of every record `fp publish` put on the bus; at least 1 while the bus says a
+    record waits (one written by another producer)."""
+    out: dict[int, tuple[int, int | None]] = {}
+    for partition, position in sorted(positions.items()):
+        found = app.bus.backlog(stream, partition, position)
+        records = found.records
+        if records is None:
+            admitted = int(conn.execute(ADMITTED_AFTER_SQL, (stream, partition, position)).fetchone()[0])
+            records = max(admitted, 1 if found.waiting else 0)
+        out[partition] = (records, found.millis_behind)
+    return out
+
+
 def consumer_health(app: Any, consumer: str, stream: str) -> dict[str, Any]:
     """Counters, and lag plus event-time watermark age per partition, for one consumer of one stream.
 
@@ -37,9 +57,9 @@ def consumer_health(app: Any, consumer: str, stream: str) -> dict[str, Any]:
     """
     t = app.settings.health
     partitions = app.bus.partitions(stream)
-    ends = app.bus.end_offsets(stream)
     with app.db.transaction() as conn:
         applied_basis = watermarks(conn, consumer, stream, partitions)
+        waiting = backlog(app, conn, stream, applied_basis)
         counters = {int(r[0]): r[1:] for r in conn.execute(
             """SELECT partition, applied, duplicates, failures, last_event_ts_us FROM consumer_counters
                 WHERE consumer = %s AND stream = %s""", (consumer, stream))}
@@ -65,7 +85,7 @@ def consumer_health(app: Any, consumer: str, stream: str) -> dict[str, Any]:
         a, d, f, last_ts = counters.get(p, (0, 0, 0, None))
         checkpoint_age, owner, lapsed = checkpoints.get(p, (None, None, False))
         applied, duplicates, failures = applied + int(a), duplicates + int(d), failures + int(f)
-        lag = (ends[p] - applied_basis[p]) if ends else None
+        lag, millis_behind = waiting[p]
         problems: list[str] = []
         if p in blocks:
             offset, start, end, code = blocks[p]
@@ -87,12 +107,13 @@ def consumer_health(app: Any, consumer: str, stream: str) -> dict[str, Any]:
         detail[str(p)] = {
             "watermark": offset_json(applied_basis[p], app.bus.offset_style),
             "lag_records": lag,
+            "millis_behind_latest": millis_behind,
             "event_time_watermark": None if last_ts is None else format_ts(int(last_ts)),
             "watermark_age_seconds": None if last_ts is None else max(0.0, now - int(last_ts) / US_PER_SECOND),
             "checkpoint_age_seconds": checkpoint_age,
             "problems": problems,
         }
-    total_lag = sum(d["lag_records"] for d in detail.values()) if ends else None
+    total_lag = sum(d["lag_records"] for d in detail.values())
     seen = applied + duplicates + failures
     failure_rate = failures / seen if seen else 0.0
     # a partition with records waiting whose checkpoint has not moved for a while is stalled
@@ -120,11 +141,11 @@ def archive_health(app: Any) -> dict[str, Any]:
 
     t = app.settings.health
     lag: dict[str, Any] = {}
-    for stream in STREAMS:
-        ends = app.bus.end_offsets(stream) or {}
-        progress = archive_progress(app.lake, stream)
-        lag[stream] = sum(max(0, end - progress.get(p, 0)) for p, end in ends.items())
     with app.db.transaction() as conn:
+        for stream in STREAMS:
+            progress = archive_progress(app.lake, stream)
+            waiting = backlog(app, conn, stream, {p: progress.get(p, 0) for p in app.bus.partitions(stream)})
+            lag[stream] = sum(records for records, _ in waiting.values())
         blocks = [f"{s}/{p} offset {o}, bytes {a}-{b}" for s, p, o, a, b in conn.execute(
             """SELECT stream, partition, "offset", byte_start, byte_end FROM consumer_blocks
                 WHERE consumer = %s ORDER BY 1, 2""", (CONSUMER,))]

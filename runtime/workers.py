@@ -12,6 +12,7 @@ from featureplane.lake.audit import export_audit
 from featureplane.online.checkpoints import TRANSIENT_ERRORS, watermarks
 from featureplane.online.context_store import CONSUMER as CONTEXT_CONSUMER
 from featureplane.online.context_store import ContextStats, ContextWorker
+from featureplane.online.health import backlog
 from featureplane.online.ofp_state import CONSUMER as OFP_CONSUMER
 from featureplane.online.ofp_state import enforce_retention
 from featureplane.online.ofp_worker import OfpWorker, WorkerStats
@@ -42,19 +43,21 @@ def partitions_behind(app: Any) -> list[str]:
             "SELECT consumer, stream, partition, reason_code || ' ' || detail FROM consumer_blocks")}
         pairs = [(OFP_CONSUMER, TRAFFIC)] + [(CONTEXT_CONSUMER, s) for s in CONTEXT_STREAMS]
         for consumer, stream in pairs:
-            ends = app.bus.end_offsets(stream) or {}
             applied = watermarks(conn, consumer, stream, app.bus.partitions(stream))
-            for partition, end in sorted(ends.items()):
-                if applied[partition] < end:
+            for partition, (records, _) in backlog(app, conn, stream, applied).items():
+                if records:
                     why = blocks.get((consumer, stream, partition))
                     holder = holders.get((consumer, stream, partition))
                     note = f" [blocked: {why}]" if why else f" [leased by {holder[0]}]" if holder and holder[1] else ""
-                    behind.append(f"{consumer} {stream}/{partition} at {applied[partition]} of {end}{note}")
-    for stream in STREAMS:
-        progress = archive_progress(app.lake, stream)
-        for partition, end in sorted((app.bus.end_offsets(stream) or {}).items()):
-            if progress.get(partition, 0) < end:
-                behind.append(f"archive {stream}/{partition} at {progress.get(partition, 0)} of {end}")
+                    behind.append(f"{consumer} {stream}/{partition} at {applied[partition]}, {records} record(s) "
+                                  f"behind{note}")
+        for stream in STREAMS:
+            progress = archive_progress(app.lake, stream)
+            positions = {p: progress.get(p, 0) for p in app.bus.partitions(stream)}
+            for partition, (records, _) in backlog(app, conn, stream, positions).items():
+                if records:
+                    behind.append(f"archive {stream}/{partition} at {positions[partition]}, {records} record(s) "
+                                  "behind")
     return behind
 
 

@@ -1,8 +1,10 @@
 """Real services once per session: one embedded Postgres (a fresh database per test) and, for the
-parity adapters, one moto server on 127.0.0.1. Every test gets its own FP_HOME."""
+parity adapters, moto servers on 127.0.0.1 (as it comes, and with real 56-digit Kinesis sequence
+numbers). Every test gets its own FP_HOME."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -78,9 +80,9 @@ def app(db: Database, fp_home: Path, monkeypatch: pytest.MonkeyPatch):
     return application
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """moto's server on 127.0.0.1, in its own process.
+@contextlib.contextmanager
+def _moto_server(module: str) -> Iterator[str]:
+    """A moto server (`module`: moto.server or tests.moto_realistic) on 127.0.0.1, in its own process.
 
     Not ThreadedMotoServer: deltalake's reads block inside Rust while holding the GIL, so an
     in-process moto can never answer them (delta-io/delta-rs#4362, #3942). A separate process
@@ -95,8 +97,8 @@ def moto_endpoint() -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", module, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).parent.parent)
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -111,6 +113,22 @@ def moto_endpoint() -> Iterator[str]:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    yield endpoint
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto as it comes: Kinesis records numbered 1, 2, 3."""
+    with _moto_server("moto.server") as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def realistic_moto_endpoint() -> Iterator[str]:
+    """moto with 56-digit Kinesis sequence numbers and gaps, as real Kinesis writes them."""
+    with _moto_server("tests.moto_realistic") as endpoint:
+        yield endpoint

@@ -14,16 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from featureplane.online.bus.base import partition_for
+from featureplane.online.bus.base import Backlog, partition_for
 from featureplane.online.bus.embedded import EmbeddedBus
 from featureplane.schemas.streams import TRAFFIC
 
 
-@pytest.fixture(params=["embedded", "kinesis"])
+@pytest.fixture(params=["embedded", "kinesis", "kinesis-56-digit"])
 def bus(request, tmp_path):
+    """Each backend; Kinesis twice: moto's own numbering (1, 2, 3) and real 56-digit sequence numbers."""
     if request.param == "embedded":
         return EmbeddedBus(tmp_path / "bus", 4)
-    endpoint = request.getfixturevalue("moto_endpoint")
+    endpoint = request.getfixturevalue("moto_endpoint" if request.param == "kinesis" else "realistic_moto_endpoint")
     import boto3
 
     from featureplane.online.bus.kinesis import KinesisEventBus
@@ -80,6 +81,41 @@ def test_read_from_offset_resumes_exactly(bus):
     first = bus.read(TRAFFIC, partition, 0, 4)
     rest = read_all(bus, TRAFFIC, partition, first.next_offset)
     assert [r.value for r in first.records + rest] == [f"v{i}".encode() for i in range(10)]
+
+
+def test_backlog_says_what_waits_after_a_position(bus):
+    bus.ensure_stream(TRAFFIC)
+    positions = bus.append(TRAFFIC, [("same-key", f"v{i}".encode()) for i in range(5)])
+    partition = positions[0][0]
+    start = bus.backlog(TRAFFIC, partition, 0)
+    assert start.waiting and start.records in (5, None)  # Kinesis cannot count without reading
+    middle = bus.read(TRAFFIC, partition, 0, 2)
+    assert bus.backlog(TRAFFIC, partition, middle.next_offset).waiting
+    end = read_all(bus, TRAFFIC, partition, middle.next_offset)[-1].offset + 1
+    assert end == positions[-1][1] + 1
+    assert bus.backlog(TRAFFIC, partition, end) == Backlog(False, 0, bus.backlog(TRAFFIC, partition, end).millis_behind)
+    assert bus.backlog(TRAFFIC, partition, end).millis_behind in (0, None)
+
+
+def test_real_kinesis_sequence_numbers_stay_exact(realistic_moto_endpoint):
+    """56-digit sequence numbers: beyond int64 and 2^53, read back and resumed from exactly."""
+    import boto3
+
+    from featureplane.online.bus.kinesis import KinesisEventBus
+
+    client = boto3.client("kinesis", region_name="us-east-1", endpoint_url=realistic_moto_endpoint)
+    with contextlib.suppress(client.exceptions.ResourceNotFoundException):
+        client.delete_stream(StreamName=TRAFFIC, EnforceConsumerDeletion=True)
+    bus = KinesisEventBus(client, 4)
+    bus.ensure_stream(TRAFFIC)
+    positions = bus.append(TRAFFIC, [("one-key", f"v{i}".encode()) for i in range(6)])
+    offsets = [o for _, o in positions]
+    assert all(len(str(o)) == 56 and o > 2**63 for o in offsets)
+    assert all(b - a > 1 for a, b in zip(offsets, offsets[1:], strict=False))  # gaps, as on Kinesis
+    partition = positions[0][0]
+    resumed = bus.read(TRAFFIC, partition, offsets[2] + 1, 10)  # exclusive-next of the third record
+    assert [r.offset for r in resumed.records] == offsets[3:]
+    assert resumed.next_offset == offsets[-1] + 1
 
 
 def test_embedded_offsets_are_dense_integers(tmp_path):

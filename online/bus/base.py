@@ -16,7 +16,7 @@ from featureplane.pipelines.errors import TerminalError
 from featureplane.pipelines.positions import OffsetStyle
 from featureplane.schemas.records import SKIPPED_RECORD
 
-__all__ = ["SKIPPED_RECORD", "BusCorrupt", "BusRecord", "EventBus", "ReadBatch", "partition_for"]
+__all__ = ["SKIPPED_RECORD", "Backlog", "BusCorrupt", "BusRecord", "EventBus", "ReadBatch", "partition_for"]
 
 
 class BusCorrupt(TerminalError):
@@ -56,6 +56,15 @@ class ReadBatch:
     caught_up: bool  # nothing more was visible in the partition when read
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """What waits in a partition after a consumer's position."""
+
+    waiting: bool  # at least one record is there
+    records: int | None  # how many, where the backend can count them cheaply (Kinesis cannot)
+    millis_behind: int | None  # how far the first waiting record is behind the newest, where known
+
+
 class EventBus(Protocol):
     """What producers and consumers need from a bus, whichever backend carries it."""
 
@@ -73,6 +82,10 @@ class EventBus(Protocol):
 
     def end_offsets(self, stream: str) -> dict[int, int] | None:
         """Exclusive-next offset per partition, or None where the backend cannot tell cheaply."""
+        ...
+
+    def backlog(self, stream: str, partition: int, from_offset: int) -> Backlog:
+        """What waits after `from_offset` (a consumer's exclusive-next offset)."""
         ...
 
     def skip_corrupt(self, stream: str, partition: int, offset: int) -> tuple[int, int]:

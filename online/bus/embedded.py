@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from featureplane.online.bus.base import SKIPPED_RECORD, BusCorrupt, BusRecord, ReadBatch, partition_for
+from featureplane.online.bus.base import SKIPPED_RECORD, Backlog, BusCorrupt, BusRecord, ReadBatch, partition_for
 from featureplane.pipelines.errors import TerminalError
 from featureplane.pipelines.positions import OffsetStyle
 from featureplane.schemas.streams import stream_spec
@@ -135,6 +135,10 @@ class EmbeddedBus:
     def end_offsets(self, stream: str) -> dict[int, int]:
         directory = self._dir(stream)
         return {p: self._visible_count(directory, p) for p in self.partitions(stream)}
+
+    def backlog(self, stream: str, partition: int, from_offset: int) -> Backlog:
+        records = max(0, self._visible_count(self._dir(stream), partition) - from_offset)
+        return Backlog(records > 0, records, None)
 
     def _skipped(self, directory: Path, partition: int) -> frozenset[int]:
         try:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from featureplane.online.bus.base import BusRecord, ReadBatch, partition_for
+from featureplane.online.bus.base import Backlog, BusRecord, ReadBatch, partition_for
 from featureplane.pipelines.errors import TerminalError, Unavailable
 from featureplane.pipelines.positions import OffsetStyle
 from featureplane.runtime.settings import KinesisBus, boto3_client
@@ -116,17 +116,8 @@ class KinesisEventBus:
         shards = self._shard_list(stream)
         if not 0 <= partition < len(shards):
             raise TerminalError("UNKNOWN_PARTITION", f"stream {stream} has no partition {partition}")
-        shard_id = shards[partition]["ShardId"]
-        if from_offset == 0:
-            iterator = self.client.get_shard_iterator(
-                StreamName=stream, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
-            )["ShardIterator"]
-        else:
-            iterator = self.client.get_shard_iterator(
-                StreamName=stream, ShardId=shard_id, ShardIteratorType="AFTER_SEQUENCE_NUMBER",
-                StartingSequenceNumber=str(from_offset - 1),
-            )["ShardIterator"]
-        result = self.client.get_records(ShardIterator=iterator, Limit=min(max_records, 10_000))
+        result = self.client.get_records(ShardIterator=self._iterator(stream, partition, from_offset),
+                                         Limit=min(max_records, 10_000))
         records = [
             BusRecord(stream, partition, int(r["SequenceNumber"]), bytes(r["Data"])) for r in result["Records"]
         ]
@@ -134,9 +125,32 @@ class KinesisEventBus:
         caught_up = not records or (result.get("MillisBehindLatest", 0) == 0 and len(records) < max_records)
         return ReadBatch(records, next_offset, caught_up)
 
+    def _iterator(self, stream: str, partition: int, from_offset: int) -> str:
+        """A shard iterator at the exclusive-next offset `from_offset` (sequence numbers as text:
+        they exceed every fixed-width integer)."""
+        shard_id = self._shard_list(stream)[partition]["ShardId"]
+        if from_offset == 0:
+            return self.client.get_shard_iterator(
+                StreamName=stream, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        return self.client.get_shard_iterator(
+            StreamName=stream, ShardId=shard_id, ShardIteratorType="AFTER_SEQUENCE_NUMBER",
+            StartingSequenceNumber=str(from_offset - 1))["ShardIterator"]
+
     @_unavailable_on_network_errors
     def end_offsets(self, stream: str) -> dict[int, int] | None:
+        """Kinesis has no cheap "latest sequence number" per shard: see `backlog`."""
         return None
+
+    @_unavailable_on_network_errors
+    def backlog(self, stream: str, partition: int, from_offset: int) -> Backlog:
+        """One GetRecords of one record at the consumer's position: whether anything waits, and
+        MillisBehindLatest (how far that record is behind the shard's newest). Counting the records
+        would mean reading them all; health counts them from the admission ledger instead."""
+        if not 0 <= partition < len(self._shard_list(stream)):
+            raise TerminalError("UNKNOWN_PARTITION", f"stream {stream} has no partition {partition}")
+        result = self.client.get_records(ShardIterator=self._iterator(stream, partition, from_offset), Limit=1)
+        waiting = bool(result["Records"])
+        return Backlog(waiting, None if waiting else 0, int(result.get("MillisBehindLatest", 0)) if waiting else 0)
 
     def skip_corrupt(self, stream: str, partition: int, offset: int) -> tuple[int, int]:
         """Kinesis checksums records itself: nothing stored here can be corrupt."""
