@@ -60,6 +60,32 @@ def claim(conn: psycopg.Connection, consumer: str, stream: str, partition: int, 
     return Lease(consumer, stream, partition, owner, row[0], int(row[1]))  # numeric -> exact int
 
 
+def beat(conn: psycopg.Connection, owner: str) -> list[str]:
+    """Record that worker process `owner` is alive; return every live worker, sorted."""
+    conn.execute(
+        """INSERT INTO worker_heartbeats (owner) VALUES (%s)
+           ON CONFLICT (owner) DO UPDATE SET beat_at = now()""", (owner,))
+    return [r[0] for r in conn.execute(
+        """SELECT owner FROM worker_heartbeats WHERE beat_at > now() - make_interval(secs => %s)
+            ORDER BY owner""", (LEASE_SECONDS,))]
+
+
+def leave(conn: psycopg.Connection, owner: str) -> None:
+    """A worker that stops cleanly hands its share over at once instead of after the lease."""
+    conn.execute("DELETE FROM worker_heartbeats WHERE owner = %s", (owner,))
+
+
+def fair_share(items: list[int] | list[str], live: list[str], owner: str) -> list:
+    """The items (partitions of a stream, or streams) this worker takes: item i goes to the
+    (i mod n)-th live worker, so each of n workers holds floor or ceil of len/n. Leases still decide
+    who may apply: a share only says who tries, so a moment of disagreement while workers join or
+    leave costs a retry, never a double apply."""
+    if owner not in live:
+        return list(items)
+    rank = live.index(owner)
+    return [item for i, item in enumerate(items) if i % len(live) == rank]
+
+
 def advance(conn: psycopg.Connection, lease: Lease, new_offset: int) -> Lease:
     """Move the checkpoint to `new_offset` inside the caller's transaction, or raise `Fenced`.
 

@@ -10,7 +10,7 @@ stream) commits its mutations, anomalies, failures, counters and checkpoint toge
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,6 +203,7 @@ class ContextWorker:
         self.batch_size = batch_size
         self.owner = owner or worker_identity()
         self.writer = ContextWriter()
+        self.share: Callable[[list[int]], list[int]] = lambda partitions: partitions  # all, unless scaled out
 
     def run_until_idle(self, stats: ContextStats | None = None, streams: Iterable[str] = CONTEXT_STREAMS,
                        basis: dict[str, dict[int, int]] | None = None) -> ContextStats:
@@ -210,7 +211,7 @@ class ContextWorker:
         stats = stats or ContextStats()
         for stream in streams:
             self.bus.ensure_stream(stream)
-            for partition in self.bus.partitions(stream):
+            for partition in self.share(self.bus.partitions(stream)):
                 limit = None if basis is None else basis.get(stream, {}).get(partition, 0)
 
                 def apply(lease: Lease, records: list, next_offset: int, stream: str = stream,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from featureplane.online.bus.base import EventBus
@@ -53,6 +54,7 @@ class OfpWorker:
         self.registry = registry
         self.batch_size = batch_size
         self.owner = owner or worker_identity()
+        self.share: Callable[[list[int]], list[int]] = lambda partitions: partitions  # all, unless scaled out
         with db.transaction() as conn:
             self.writer = OfpStateWriter(register_groups(conn, registry))
         with db.transaction() as conn:  # state kept in the v1 layout moves to one row per event
@@ -64,7 +66,7 @@ class OfpWorker:
         """Drain every partition of the traffic stream, then return."""
         stats = stats or WorkerStats()
         self.bus.ensure_stream(TRAFFIC)
-        for partition in self.bus.partitions(TRAFFIC):
+        for partition in self.share(self.bus.partitions(TRAFFIC)):
             self.drain_partition(partition, stats)
         return stats
 

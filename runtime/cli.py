@@ -327,9 +327,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fp", description="featureplane: online and offline feature planes for fraud decisions.",
-        epilog="Environment: FP_HOME (default ./.fp), FP_PROFILE (default local), FP_PG_DSN, FP_S3_ENDPOINT_URL, "
-               "FP_S3_BUCKET, FP_KINESIS_ENDPOINT_URL, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / "
-               "AWS_SESSION_TOKEN / AWS_DEFAULT_REGION, FP_LEASE_SECONDS (default 30). Errors print a JSON "
+        epilog="Environment: FP_HOME (default ./.fp: state, the embedded Postgres, bus and object store), "
+               "FP_PROFILE (local | parity), FP_PG_DSN (an external Postgres; required by parity), "
+               "FP_S3_BUCKET, FP_S3_ENDPOINT_URL, FP_KINESIS_ENDPOINT_URL (parity; endpoints only to point "
+               "at moto/LocalStack/MinIO), AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or "
+               "AWS_PROFILE, AWS_DEFAULT_REGION, FP_LEASE_SECONDS (default 30: how long a dead worker's "
+               "partitions stay leased). Testing only: FP_CRASH_AT, FP_PAUSE_AT (fault injection), "
+               "FP_SERVE_BASELINE_BYTES (the transport baseline of bench/serve_http.py). Errors print a JSON "
                "error_response; exit 0 success, 1 partial, 2 could not run.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

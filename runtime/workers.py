@@ -9,7 +9,7 @@ from typing import Any
 
 from featureplane.lake.archive import ArchiveStats, ArchiveWriter, archive_progress
 from featureplane.lake.audit import export_audit
-from featureplane.online.checkpoints import TRANSIENT_ERRORS, watermarks
+from featureplane.online.checkpoints import TRANSIENT_ERRORS, beat, fair_share, leave, watermarks
 from featureplane.online.context_store import CONSUMER as CONTEXT_CONSUMER
 from featureplane.online.context_store import ContextStats, ContextWorker
 from featureplane.online.health import backlog
@@ -70,21 +70,28 @@ def run_workers(app: Any, *, until_idle: bool, poll_seconds: float = 1.0,
                     bucketed=app.settings.bucketed_groups)
     context = ContextWorker(app.db, app.bus, batch_size=app.settings.batch_size)
     archive = ArchiveWriter(app.db, app.bus, app.lake)
+    live = Membership(app.db, ofp.owner)
+    ofp.share = context.share = live.share
     stats = WorkerStats()
     context_stats = ContextStats()
     archived = ArchiveStats()
     deadline = time.monotonic() + timeout_seconds
-    while True:
-        try:
-            if _one_pass(app, ofp, context, archive, stats, context_stats, archived, until_idle, poll_seconds):
-                break
-        except TRANSIENT_ERRORS:  # Postgres restarting, the network: the same pass is retried
+    try:
+        while True:
+            try:
+                live.refresh()
+                if _one_pass(app, ofp, context, archive, live, stats, context_stats, archived, until_idle,
+                             poll_seconds):
+                    break
+            except TRANSIENT_ERRORS:  # Postgres restarting, the network: the same pass is retried
+                if until_idle and time.monotonic() > deadline:
+                    raise
+                time.sleep(min(poll_seconds, 0.5))
+                continue
             if until_idle and time.monotonic() > deadline:
-                raise
-            time.sleep(min(poll_seconds, 0.5))
-            continue
-        if until_idle and time.monotonic() > deadline:
-            raise WorkerTimeout(partitions_behind(app), timeout_seconds)
+                raise WorkerTimeout(partitions_behind(app), timeout_seconds)
+    finally:
+        live.leave()
     exported = export_audit(app.db, app.lake)
     summary = asdict(stats)
     summary["per_partition"] = {str(k): offset_json(v, app.bus.offset_style)
@@ -93,8 +100,30 @@ def run_workers(app: Any, *, until_idle: bool, poll_seconds: float = 1.0,
             "audit_exported": exported}
 
 
-def _one_pass(app: Any, ofp: OfpWorker, context: ContextWorker, archive: ArchiveWriter, stats: WorkerStats,
-              context_stats: ContextStats, archived: ArchiveStats, until_idle: bool, poll_seconds: float) -> bool:
+class Membership:
+    """This process among the live worker processes (heartbeats in Postgres): which partitions of
+    each stream, and which streams' archives, it takes this pass (`fair_share`)."""
+
+    def __init__(self, db: Any, owner: str) -> None:
+        self.db = db
+        self.owner = owner
+        self.live: list[str] = [owner]
+
+    def refresh(self) -> None:
+        with self.db.transaction() as conn:
+            self.live = beat(conn, self.owner)
+
+    def share(self, items: list) -> list:
+        return fair_share(items, self.live, self.owner)
+
+    def leave(self) -> None:
+        with contextlib.suppress(Exception), self.db.transaction() as conn:  # best effort: the beat ages out
+            leave(conn, self.owner)
+
+
+def _one_pass(app: Any, ofp: OfpWorker, context: ContextWorker, archive: ArchiveWriter, live: Membership,
+              stats: WorkerStats, context_stats: ContextStats, archived: ArchiveStats, until_idle: bool,
+              poll_seconds: float) -> bool:
     """Drain every consumer once; True when `until_idle` is satisfied (every partition at its end)."""
     before = (stats.batches, stats.failures, context_stats.batches, archived.commits)
     ofp.run_until_idle(stats)
@@ -103,7 +132,7 @@ def _one_pass(app: Any, ofp: OfpWorker, context: ContextWorker, archive: Archive
             enforce_retention(conn, app.settings.retention_us)
     context.run_until_idle(context_stats)
     with contextlib.suppress(*TRANSIENT_ERRORS):  # the archive resumes from its marker next pass
-        archive.archive_all(list(STREAMS), archived)
+        archive.archive_all(live.share(list(STREAMS)), archived)
     flushed = 0
     with contextlib.suppress(*TRANSIENT_ERRORS):  # an object-store outage: the outbox keeps the snapshots
         flushed = flush_outbox(app.db, app.store, app.lake)

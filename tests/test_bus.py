@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -111,7 +112,7 @@ def test_real_kinesis_sequence_numbers_stay_exact(realistic_moto_endpoint):
     positions = bus.append(TRAFFIC, [("one-key", f"v{i}".encode()) for i in range(6)])
     offsets = [o for _, o in positions]
     assert all(len(str(o)) == 56 and o > 2**63 for o in offsets)
-    assert all(b - a > 1 for a, b in zip(offsets, offsets[1:], strict=False))  # gaps, as on Kinesis
+    assert all(b - a > 1 for a, b in itertools.pairwise(offsets))  # gaps, as on Kinesis
     partition = positions[0][0]
     resumed = bus.read(TRAFFIC, partition, offsets[2] + 1, 10)  # exclusive-next of the third record
     assert [r.offset for r in resumed.records] == offsets[3:]

@@ -42,14 +42,14 @@ class Outcome:
         return asdict(self)
 
 
-def make_app(dsn: str, home: Path) -> Any:
+def make_app(dsn: str, home: Path, env: dict[str, str] | None = None) -> Any:
     from featureplane.runtime.app import App
     from featureplane.runtime.postgres import Database
     from featureplane.runtime.secrets import Secret
     from featureplane.runtime.settings import load_settings
 
     home.mkdir(parents=True, exist_ok=True)
-    app = App(load_settings({**os.environ, "FP_HOME": str(home), "FP_PG_DSN": dsn}))
+    app = App(load_settings({**os.environ, **(env or {}), "FP_HOME": str(home), "FP_PG_DSN": dsn}))
     app.__dict__["db"] = Database(Secret(dsn))
     app.init()
     return app
