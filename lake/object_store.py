@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-from featureplane.pipelines.errors import TerminalError
+from featureplane.pipelines.errors import TerminalError, Unavailable
 from featureplane.runtime.settings import LocalObjectStore, S3ObjectStore, boto3_client
 
 SEGMENT = re.compile(r"^[A-Za-z0-9._=:-]{1,200}$")
@@ -125,9 +125,15 @@ def s3_client(settings: S3ObjectStore) -> Any:
 def open_store(settings: LocalObjectStore | S3ObjectStore) -> ObjectStore:
     if isinstance(settings, LocalObjectStore):
         return LocalStore(settings.root)
+    from botocore.exceptions import BotoCoreError
+
     client = s3_client(settings)
     try:
-        client.head_bucket(Bucket=settings.bucket)
-    except client.exceptions.ClientError:
-        client.create_bucket(Bucket=settings.bucket)
+        try:
+            client.head_bucket(Bucket=settings.bucket)
+        except client.exceptions.ClientError:
+            client.create_bucket(Bucket=settings.bucket)
+    except BotoCoreError as exc:
+        raise Unavailable(f"s3 is unreachable ({type(exc).__name__}): check FP_S3_ENDPOINT_URL (unset for AWS) "
+                          "and AWS_DEFAULT_REGION") from None
     return S3Store(client, settings.bucket, settings.prefix)

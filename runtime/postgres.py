@@ -47,18 +47,19 @@ class Database:
     """A connection factory over one DSN."""
 
     dsn: Secret
+    source: str = "the embedded Postgres"  # what an operator checks when it is unreachable
 
     @classmethod
     def from_settings(cls, pg: EmbeddedPostgres | DsnPostgres) -> Database:
         if isinstance(pg, DsnPostgres):
-            return cls(pg.dsn)
+            return cls(pg.dsn, "FP_PG_DSN")
         return cls(start_embedded(pg.data_dir, settings=pg.settings))
 
     def connect(self, *, autocommit: bool = False) -> psycopg.Connection:
         try:
             conn = psycopg.connect(self.dsn.reveal(), autocommit=autocommit, connect_timeout=10)
         except psycopg.OperationalError as exc:
-            raise Unavailable(f"postgres is unreachable ({type(exc).__name__})") from None
+            raise Unavailable(f"postgres is unreachable ({type(exc).__name__}): check {self.source}") from None
         conn.adapters.register_loader("numeric", WholeNumericLoader)
         return conn
 

@@ -156,3 +156,17 @@ def test_three_worker_processes_on_kinesis_agree_with_one(pg_server, tmp_path, r
     assert driver.archive_positions(many) == driver.archive_positions(one)
     hashes = driver.served_hashes(many, plan, 20)
     assert hashes == driver.served_hashes(one, plan, 20) and len(set(hashes)) > 1
+
+
+def test_an_unreachable_endpoint_names_its_variable(app, fp_home):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    env = {**_parity_env(dead, "fp-unreachable")}
+    code, out, err = run_fp(app, fp_home, "init", env=env)
+    body = json.loads(out)
+    assert code == 2 and "Traceback" not in err
+    assert (body["error_code"], body["retryable"]) == ("UNAVAILABLE", True)
+    assert "FP_KINESIS_ENDPOINT_URL" in body["message"], body

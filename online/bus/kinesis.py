@@ -35,7 +35,8 @@ def _unavailable_on_network_errors(method: Callable) -> Callable:
         try:
             return method(*args, **kwargs)
         except BotoCoreError as exc:
-            raise Unavailable(f"kinesis is unreachable ({type(exc).__name__})") from None
+            raise Unavailable(f"kinesis is unreachable ({type(exc).__name__}): check FP_KINESIS_ENDPOINT_URL "
+                              "(unset for AWS) and AWS_DEFAULT_REGION") from None
 
     return wrapper
 
