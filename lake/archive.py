@@ -28,10 +28,45 @@ from featureplane.pipelines.errors import TerminalError, TransientError
 from featureplane.pipelines.positions import below, order_keys, parse_offset
 from featureplane.runtime.faults import crash_point
 from featureplane.runtime.postgres import Database
+from featureplane.schemas.frames import LABEL_SCHEMA, TRANSACTION_SCHEMA
+from featureplane.schemas.records import ApplyFailure, decode_labels, decode_transactions
+from featureplane.schemas.streams import LABELS, TRAFFIC
 
 # offsets as decimal strings: Kinesis sequence numbers exceed int64 (and Delta's decimal(38)). An
 # archive written before that keeps its int64 column; it is read as text and appended in its type.
 ARCHIVE_SCHEMA = pa.schema([("partition", pa.int32()), ("offset", pa.string()), ("value", pa.binary())])
+# The streams offline jobs read also get typed columns, decoded and validated once, when archived,
+# by the decoder the online plane uses (so both planes decide the same way for the same record):
+# `reject_reason` is null for a record that decoded, or the reason code the online plane ledgers;
+# the typed columns are null for a rejected record. Builds read only the columns they need.
+TYPED_DECODERS: dict[str, Callable[[list[tuple[int, int, bytes]]], tuple[pl.DataFrame, list[ApplyFailure]]]] = {
+    TRAFFIC: decode_transactions, LABELS: decode_labels}
+TYPED_SCHEMAS: dict[str, dict[str, pl.DataType]] = {TRAFFIC: TRANSACTION_SCHEMA, LABELS: LABEL_SCHEMA}
+
+
+def archive_schema(stream: str) -> pa.Schema:
+    """The columns of a new archive table of `stream`: position and bytes, then the typed columns."""
+    if stream not in TYPED_SCHEMAS:
+        return ARCHIVE_SCHEMA
+    typed = pl.DataFrame(schema={n: t for n, t in TYPED_SCHEMAS[stream].items()
+                                 if n not in ("partition", "offset")}).to_arrow().schema
+    return pa.schema([*ARCHIVE_SCHEMA, pa.field("reject_reason", pa.string()), *typed])
+
+
+def typed_rows(stream: str, records: list[tuple[int, int, bytes]], schema: pa.Schema) -> pa.Table:
+    """Archive rows of `records` in `schema` (with typed columns when the schema has them)."""
+    raw = pl.DataFrame({"partition": [r[0] for r in records], "offset": [str(r[1]) for r in records],
+                        "value": [r[2] for r in records]},
+                       schema={"partition": pl.Int32(), "offset": pl.String(), "value": pl.Binary()})
+    if "reject_reason" in schema.names:
+        frame, failures = TYPED_DECODERS[stream](records)
+        reasons = pl.DataFrame({"partition": [f.partition for f in failures],
+                                "offset": [str(f.offset) for f in failures],
+                                "reject_reason": [f.reason_code for f in failures]},
+                               schema={"partition": pl.Int32(), "offset": pl.String(), "reject_reason": pl.String()})
+        raw = (raw.join(reasons, on=["partition", "offset"], how="left")
+               .join(frame.with_columns(pl.col("partition").cast(pl.Int32)), on=["partition", "offset"], how="left"))
+    return raw.to_arrow().select(schema.names).cast(schema)
 LOCK_NAMESPACE = 7_301  # advisory lock class for archive writers
 CONSUMER = "archive"  # the name under which archive blocks show in health
 
@@ -90,8 +125,10 @@ class ArchiveWriter:
     def _drain(self, stream: str, stats: ArchiveStats) -> None:
         progress = archive_progress(self.lake, stream)
         existing = self.lake.table(table_name(stream))
-        offset_type = pa.string() if existing is None else pa.schema(existing.schema().to_arrow()).field("offset").type
-        schema = ARCHIVE_SCHEMA.set(1, pa.field("offset", offset_type))
+        # an existing table keeps its columns (an archive from before typed columns or decimal offsets
+        # is still appended to as it is; `fp archive rebuild` brings it to the current layout)
+        schema = archive_schema(stream) if existing is None else pa.schema(existing.schema().to_arrow())
+        offset_type = schema.field("offset").type
         with self.db.transaction() as conn:  # blocks the archive has moved past (after an operator skip)
             for partition, offset in progress.items():
                 clear_blocks(conn, CONSUMER, stream, partition, offset)
@@ -108,11 +145,15 @@ class ArchiveWriter:
                         record_block(self.db, CONSUMER, exc)
                         break
                     if batch.records:
-                        parts.append(pa.table({
-                            "partition": pa.array([r.partition for r in batch.records], pa.int32()),
-                            "offset": _offsets([r.offset for r in batch.records], offset_type),
-                            "value": pa.array([r.value for r in batch.records], pa.binary()),
-                        }, schema=schema))
+                        records = [(r.partition, r.offset, r.value) for r in batch.records]
+                        if offset_type == pa.string():
+                            parts.append(typed_rows(stream, records, schema))
+                        else:
+                            parts.append(pa.table({
+                                "partition": pa.array([r[0] for r in records], pa.int32()),
+                                "offset": _offsets([r[1] for r in records], offset_type),
+                                "value": pa.array([r[2] for r in records], pa.binary()),
+                            }, schema=schema))
                         budget -= len(batch.records)
                     offset = batch.next_offset
                     if batch.caught_up or not batch.records:
@@ -158,6 +199,23 @@ def _crash_after_files(rows: pa.Table) -> pa.RecordBatchReader:
 def read_basis(lake: DeltaLake, stream: str, basis: dict[int, int]) -> pa.Table:
     """The archived records of `stream` with offset < basis[partition]; fails closed when the
     archive does not cover the basis (nothing is ever "latest")."""
+    frame = scan_basis(lake, stream, basis, ["value"])
+    if frame is None:
+        return ARCHIVE_SCHEMA.empty_table()
+    return frame.sort("partition", *order_keys()).to_arrow().cast(ARCHIVE_SCHEMA)
+
+
+def has_typed_columns(lake: DeltaLake, stream: str) -> bool:
+    table = lake.table(table_name(stream))
+    return table is not None and "reject_reason" in pa.schema(table.schema().to_arrow()).names
+
+
+def scan_basis(lake: DeltaLake, stream: str, basis: dict[int, int], columns: list[str],
+               where: pc.Expression | None = None) -> pl.DataFrame | None:
+    """`partition`, `offset` (text) and `columns` of the archived rows of `stream` inside the basis
+    (offset < basis[partition]), reading only those columns (and, with `where`, only the row groups
+    that can match it); None when the basis is empty. Fails closed when the archive does not cover
+    the basis (nothing is ever "latest")."""
     progress = archive_progress(lake, stream)
     short = {p: (o, progress.get(p, 0)) for p, o in basis.items() if progress.get(p, 0) < o}
     if short:
@@ -165,18 +223,30 @@ def read_basis(lake: DeltaLake, stream: str, basis: dict[int, int]) -> pa.Table:
         raise ReplayBasisIncomplete(f"archive of {stream} does not cover the replay basis ({detail})")
     wanted = {p: o for p, o in basis.items() if o > 0}
     if not wanted:
-        return ARCHIVE_SCHEMA.empty_table()
+        return None
     table = lake.table(table_name(stream))
     if table is None:  # pragma: no cover - progress > 0 implies the table exists
         raise ReplayBasisIncomplete(f"no archive table for {stream}")
-    data = table.to_pyarrow_dataset().to_table(filter=pc.field("partition").isin(sorted(wanted)))
+    condition = pc.field("partition").isin(sorted(wanted))
+    data = table.to_pyarrow_dataset().to_table(columns=["partition", "offset", *columns],
+                                               filter=condition if where is None else condition & where)
     if data.schema.field("offset").type != pa.string():  # an archive from before decimal offsets
         data = data.set_column(1, "offset", pc.cast(data.column("offset"), pa.string()))
     frame = pl.from_arrow(data)
     assert isinstance(frame, pl.DataFrame)
-    kept = frame.filter(pl.any_horizontal([(pl.col("partition") == p) & below(o) for p, o in sorted(wanted.items())]))
-    return kept.sort("partition", *order_keys()).to_arrow().cast(ARCHIVE_SCHEMA)
+    return frame.filter(pl.any_horizontal([(pl.col("partition") == p) & below(o) for p, o in sorted(wanted.items())]))
 
 
-__all__ = ["ARCHIVE_SCHEMA", "ArchiveConflict", "ArchiveStats", "ArchiveWriter", "ReplayBasisIncomplete",
-           "archive_progress", "read_basis", "table_name"]
+__all__ = [
+    "ARCHIVE_SCHEMA",
+    "ArchiveConflict",
+    "ArchiveStats",
+    "ArchiveWriter",
+    "ReplayBasisIncomplete",
+    "archive_progress",
+    "has_typed_columns",
+    "read_basis",
+    "scan_basis",
+    "table_name",
+    "typed_rows",
+]

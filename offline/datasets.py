@@ -27,7 +27,7 @@ from featureplane.pipelines.errors import TerminalError
 from featureplane.pipelines.features import LAST_UPDATE, TS, contributions, in_range_expr, rolling_features
 from featureplane.pipelines.positions import basis_json, order_keys
 from featureplane.pipelines.registry import GroupDef
-from featureplane.pipelines.timefmt import format_ts
+from featureplane.pipelines.timefmt import format_ts_expr
 from featureplane.schemas.streams import LABELS
 
 ROW_ID = "row_id"
@@ -62,7 +62,7 @@ def latest_labels(labels: pl.DataFrame, label_as_of_us: int) -> pl.DataFrame:
 def compute_dataset(lake: DeltaLake, intent: BuildIntent, label_basis: dict[str, Any]) -> pl.DataFrame:
     assert intent.scope_from_us is not None and intent.scope_to_us is not None
     assert intent.label_as_of_us is not None
-    events, _ = transactions_at(lake, intent.replay_basis)
+    events = transactions_at(lake, intent.replay_basis)
     events = with_pins(events, intent.context_pins).sort(TS, "partition", *order_keys()).with_row_index(ROW_ID)
     rows = events.filter((pl.col(TS) >= intent.scope_from_us) & (pl.col(TS) < intent.scope_to_us))
     for group in intent.groups:
@@ -73,10 +73,8 @@ def compute_dataset(lake: DeltaLake, intent: BuildIntent, label_basis: dict[str,
         rows = rows.join(values, on=ROW_ID, how="left")
     labels = latest_labels(with_pins(labels_at(lake, label_basis), intent.context_pins), intent.label_as_of_us)
     rows = rows.join(labels, on=["platform_run_id", "flow_id"], how="left")
-    stamps = [format_ts(v) for v in rows[TS].to_list()]
-    observed = [None if v is None else format_ts(v) for v in rows["label_observed_us"].to_list()]
-    rows = rows.with_columns(pl.Series("ts_utc", stamps, pl.String()),
-                             pl.Series("label_observed_time_utc", observed, pl.String()))
+    rows = rows.with_columns(format_ts_expr(pl.col(TS)).alias("ts_utc"),
+                             format_ts_expr(pl.col("label_observed_us")).alias("label_observed_time_utc"))
     features = [feature_column(g, f) for g in intent.groups for f in g.feature_names]
     return rows.sort(TS, "partition", *order_keys()).select(*BASE_COLUMNS, *features, "label",
                                                             "label_observed_time_utc")

@@ -79,7 +79,7 @@ def _request_of(stored: dict[str, Any], registry: Registry) -> FeatureRequest:
 def rebuild_batch(lake: DeltaLake, registry: Registry, basis: dict[str, Any], pins: dict[str, str],
                   requests: list[FeatureRequest]) -> list[dict[str, Any]]:
     """Rebuild the responses for requests that share one basis and one set of pins."""
-    frame, _ = transactions_at(lake, basis)
+    frame = transactions_at(lake, basis)
     frame = with_pins(frame, pins)
     queries: dict[tuple[str, str], set[tuple[str, int]]] = defaultdict(set)
     for request in requests:

@@ -3,15 +3,19 @@ had applied when its checkpoint stood at that basis (same decoder, same first-po
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import polars as pl
+import pyarrow.compute as pc
 
-from featureplane.lake.archive import read_basis
+from featureplane.lake.archive import has_typed_columns, read_basis, scan_basis
 from featureplane.lake.delta import DeltaLake
 from featureplane.pipelines.errors import TerminalError
 from featureplane.pipelines.positions import parse_basis
+from featureplane.schemas.frames import LABEL_SCHEMA, TRANSACTION_SCHEMA
 from featureplane.schemas.records import ApplyFailure, decode_labels, decode_transactions, first_positions
+from featureplane.schemas.streams import LABELS, TRAFFIC
 
 
 def basis_offsets(basis: dict[str, Any]) -> tuple[str, dict[int, int]]:
@@ -30,15 +34,32 @@ def _records(lake: DeltaLake, basis: dict[str, Any]) -> list[tuple[int, int, byt
                     table.column("value").to_pylist(), strict=True))
 
 
-def transactions_at(lake: DeltaLake, basis: dict[str, Any]) -> tuple[pl.DataFrame, list[ApplyFailure]]:
+def _decoded(lake: DeltaLake, basis: dict[str, Any], stream: str,
+             decode: Callable[[list[tuple[int, int, bytes]]], tuple[pl.DataFrame, list[ApplyFailure]]],
+             schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """The records inside the basis that decode, as typed rows: read from the archive's typed
+    columns (decoded once, when archived), or decoded here from the bytes of an archive written
+    before it had them."""
+    name, offsets = basis_offsets(basis)
+    if name != stream:
+        raise TerminalError("INVALID_BASIS", f"a basis of {name} where {stream} was expected")
+    if not has_typed_columns(lake, stream):
+        frame, _ = decode(_records(lake, basis))
+        return frame
+    columns = [c for c in schema if c not in ("partition", "offset")]
+    frame = scan_basis(lake, stream, offsets, [*columns, "reject_reason"], where=pc.field("reject_reason").is_null())
+    if frame is None:
+        return pl.DataFrame(schema=schema)
+    return frame.drop("reject_reason").cast(schema)  # type: ignore[arg-type]
+
+
+def transactions_at(lake: DeltaLake, basis: dict[str, Any]) -> pl.DataFrame:
     """Transactions inside the basis, each (platform_run_id, event_id) once at its first position."""
-    frame, failures = decode_transactions(_records(lake, basis))
-    return first_positions(frame), failures
+    return first_positions(_decoded(lake, basis, TRAFFIC, decode_transactions, TRANSACTION_SCHEMA))
 
 
 def labels_at(lake: DeltaLake, basis: dict[str, Any]) -> pl.DataFrame:
-    frame, _ = decode_labels(_records(lake, basis))
-    return first_positions(frame)
+    return first_positions(_decoded(lake, basis, LABELS, decode_labels, LABEL_SCHEMA))
 
 
 def with_pins(frame: pl.DataFrame, pins: dict[str, str]) -> pl.DataFrame:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+import polars as pl
+
 RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))$",
     re.ASCII,
@@ -69,6 +71,14 @@ def parse_rfc3339(text: object) -> int:
 def format_ts(micros: int) -> str:
     """Microseconds since the epoch (MIN_US..MAX_US) -> canonical `YYYY-MM-DDTHH:MM:SS.ffffffZ`."""
     return (EPOCH_NAIVE + timedelta(microseconds=micros)).isoformat(timespec="microseconds") + "Z"
+
+
+CANONICAL_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"  # CANONICAL as a polars (chrono) format
+
+
+def format_ts_expr(micros: pl.Expr) -> pl.Expr:
+    """`format_ts` over a column of microseconds (datasets format a million stamps at once)."""
+    return pl.from_epoch(micros, time_unit="us").dt.strftime(CANONICAL_FORMAT)
 
 
 def canonical(text: str) -> str:

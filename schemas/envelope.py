@@ -7,10 +7,13 @@ fast path used at admission, and a test holds the two in agreement.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
+import polars as pl
+
 from featureplane.pipelines.errors import RejectedEvent
-from featureplane.pipelines.timefmt import TimestampError, canonical, parse_rfc3339
+from featureplane.pipelines.timefmt import CANONICAL_FORMAT, MAX_US, MIN_US, TimestampError, canonical, parse_rfc3339
 
 EVENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 PIN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -65,7 +68,16 @@ def is_entity_id(key_type: str, value: object) -> bool:
 
 
 def _is_count(value: object, limit: int = MAX_SIGNED_64) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
+    return isinstance(value, int) and not isinstance(value, bool) and count_in_range(value, limit)
+
+
+def count_in_range(value: int, limit: int) -> bool:
+    """The range rule of every integer field: 0..limit (seed, arrival_seq: 2^63-1; amount: 2^53-1)."""
+    return 0 <= value <= limit
+
+
+def kind_limit(kind: str) -> int:
+    return MAX_EXACT_INT if kind == "amount" else MAX_SIGNED_64
 
 
 def check_text(value: object) -> None:
@@ -131,6 +143,49 @@ def _check_payload_field(event_type: str, name: str, kind: str, value: Any) -> A
     return value
 
 
+@dataclass(frozen=True)
+class VectorCheck:
+    ok: pl.Expr  # the rule holds (never null)
+    micros: pl.Expr  # for time kinds, the value in microseconds (null otherwise)
+
+
+def vector_check(kind: str, column: str) -> VectorCheck:
+    """The rule of one field kind over a column (the vectorised decoder), with the same patterns,
+    sets and bounds as the per-record checks above. Kinds as in PAYLOADS, plus `pin`,
+    `schema_version` and `time?` (a nullable time) for envelope fields. A check may be stricter than
+    its per-record twin (the record then takes the per-record path), never looser."""
+    col = pl.col(column)
+    none = pl.lit(None, pl.Int64)
+    if kind in ("time", "time?"):
+        parsed = col.str.strptime(pl.Datetime("us"), CANONICAL_FORMAT, strict=False)
+        micros = parsed.dt.epoch("us")
+        # canonical text only: it must print back to itself (no leap second, no sign, no offset) and
+        # stay in the years 0001-9999
+        ok = (parsed.dt.strftime(CANONICAL_FORMAT) == col) & micros.is_between(MIN_US, MAX_US)
+        ok = ok.fill_null(False)
+        return VectorCheck(col.is_null() | ok if kind == "time?" else ok, micros)
+    if kind == "pin":
+        ok = col.str.contains(PIN.pattern) & ~col.is_in([".", ".."])
+    elif kind == "flow":
+        ok = col.str.contains(EVENT_ID.pattern)
+    elif kind == "schema_version":
+        ok = col == SCHEMA_VERSION
+    elif kind.startswith("entity"):
+        matches = col.str.contains(ENTITY_ID[kind.split(":", 1)[1]].pattern)
+        ok = col.is_null() | matches if kind.startswith("entity?") else matches
+    elif kind == "currency":
+        ok = col.str.contains(CURRENCY.pattern)
+    elif kind == "channel":
+        ok = col.is_in(list(CHANNELS))
+    elif kind == "label":
+        ok = col.is_in(list(LABELS))
+    elif kind in ("seq", "amount"):
+        ok = col.is_between(0, kind_limit(kind))
+    else:
+        raise ValueError(f"no vectorised rule for kind {kind!r}")
+    return VectorCheck(ok.fill_null(False), none)
+
+
 def may_hold_forbidden_text(json_text: str | bytes) -> bool:
     """False when JSON text cannot parse to a string holding NUL or a surrogate (see FORBIDDEN_ESCAPE)."""
     if isinstance(json_text, bytes):
@@ -152,7 +207,7 @@ def normalize_event(raw: object, *, text_checked: bool = False) -> dict[str, Any
         if name not in raw:
             raise _reject("MISSING_FIELD", f"{name} is missing")
     event_type = raw["event_type"]
-    if event_type not in PAYLOADS:
+    if not isinstance(event_type, str) or event_type not in PAYLOADS:
         raise _reject("UNKNOWN_EVENT_TYPE", f"event_type must be one of {sorted(PAYLOADS)}")
     if raw["schema_version"] != SCHEMA_VERSION:
         raise _reject("UNKNOWN_SCHEMA_VERSION", f"schema_version must be {SCHEMA_VERSION!r}")

@@ -13,6 +13,7 @@ from featureplane.pipelines.errors import RejectedEvent
 from featureplane.pipelines.positions import order_keys
 from featureplane.pipelines.timefmt import parse_rfc3339
 from featureplane.schemas.envelope import may_hold_forbidden_text, normalize_event
+from featureplane.schemas.fast_decode import Candidates
 from featureplane.schemas.frames import LABEL_SCHEMA, TRANSACTION_SCHEMA, LabelFrame, TransactionFrame, invalid_rows
 
 SKIPPED_RECORD = b""  # what a bus delivers at a corrupt position an operator skipped (`fp bus skip`)
@@ -41,21 +42,32 @@ def decode_event(value: bytes, event_type: str) -> dict[str, Any]:
 
 
 def _decode(records: Iterable[tuple[int, int, bytes]], event_type: str, schema: dict[str, pl.DataType],
-            model: type, flatten: Callable[[dict[str, Any]], tuple]) -> tuple[pl.DataFrame, list[ApplyFailure]]:
-    """Parse, normalise and contract-check records of one event type; the rest become failures."""
+            model: type, flatten: Callable[[dict[str, Any]], tuple],
+            fast_columns: list[pl.Expr]) -> tuple[pl.DataFrame, list[ApplyFailure]]:
+    """Parse, normalise and contract-check records of one event type; the rest become failures.
+
+    Records exactly as admission writes them are decoded column-wise (`fast_decode`); any other
+    record, and any the column-wise checks do not clear, goes through `decode_event` one by one,
+    which decides. Rows keep the input order."""
+    records = records if isinstance(records, list) else list(records)
+    candidates = Candidates(records, event_type)
+    checked = candidates.frame()
+    slow = candidates.rest + [(i, records[i]) for i in checked.filter(~pl.col("_ok"))["_i"].to_list()]
     rows: list[tuple] = []
     failures: list[ApplyFailure] = []
-    for partition, offset, value in records:
+    for index, (partition, offset, value) in sorted(slow, key=lambda item: item[0]):
         try:
             event = decode_event(value, event_type)
         except RejectedEvent as exc:
             failures.append(ApplyFailure(partition, offset, None, exc.reason_code, exc.message))
             continue
         pins = event["context_pins"]
-        rows.append((partition, str(offset), event["platform_run_id"], event["event_id"], event["payload"]["flow_id"],
-                     pins["scenario_id"], pins["run_id"], pins["manifest_fingerprint"], pins["parameter_hash"],
-                     *flatten(event)))
-    frame = pl.DataFrame(rows, schema=schema, orient="row")
+        rows.append((index, partition, str(offset), event["platform_run_id"], event["event_id"],
+                     event["payload"]["flow_id"], pins["scenario_id"], pins["run_id"],
+                     pins["manifest_fingerprint"], pins["parameter_hash"], *flatten(event)))
+    fast = checked.filter(pl.col("_ok")).select(pl.col("_i"), *fast_columns)
+    decoded = pl.DataFrame(rows, schema={"_i": pl.Int64(), **schema}, orient="row")
+    frame = pl.concat([fast.cast({"_i": pl.Int64(), **schema}), decoded]).sort("_i").drop("_i")
     bad = invalid_rows(frame, model)
     if bad:
         for index, check in sorted(bad.items()):
@@ -77,14 +89,24 @@ def _label_fields(event: dict[str, Any]) -> tuple:
     return (p["label"], parse_rfc3339(p["effective_time"]), parse_rfc3339(p["observed_time"]))
 
 
+_POSITIONED = [pl.col(c) for c in ("partition", "offset", "platform_run_id", "event_id", "flow_id", "scenario_id",
+                                     "run_id", "manifest_fingerprint", "parameter_hash")]
+_TRANSACTION_COLUMNS = [*_POSITIONED, pl.col("ts_utc_us").alias("ts_us"), pl.col("account_id"), pl.col("card_id"),
+                        pl.col("customer_id"), pl.col("merchant_id"), pl.col("device_id"), pl.col("amount_minor"),
+                        pl.col("channel")]
+_LABEL_COLUMNS = [*_POSITIONED, pl.col("label"), pl.col("effective_time_us").alias("effective_us"),
+                  pl.col("observed_time_us").alias("observed_us")]
+
+
 def decode_transactions(records: Iterable[tuple[int, int, bytes]]) -> tuple[pl.DataFrame, list[ApplyFailure]]:
     """(partition, offset, value) records -> a TransactionFrame and the records that cannot apply."""
-    return _decode(records, "transaction_event", TRANSACTION_SCHEMA, TransactionFrame, _transaction_fields)
+    return _decode(records, "transaction_event", TRANSACTION_SCHEMA, TransactionFrame, _transaction_fields,
+                   _TRANSACTION_COLUMNS)
 
 
 def decode_labels(records: Iterable[tuple[int, int, bytes]]) -> tuple[pl.DataFrame, list[ApplyFailure]]:
     """(partition, offset, value) records -> a LabelFrame and the records that cannot apply."""
-    return _decode(records, "label_assertion", LABEL_SCHEMA, LabelFrame, _label_fields)
+    return _decode(records, "label_assertion", LABEL_SCHEMA, LabelFrame, _label_fields, _LABEL_COLUMNS)
 
 
 def first_positions(frame: pl.DataFrame) -> pl.DataFrame:
