@@ -144,8 +144,8 @@ class ArchiveWriter:
                     except BusCorrupt as exc:  # this partition waits for an operator; the others go on
                         record_block(self.db, CONSUMER, exc)
                         break
-                    if batch.records:
-                        records = [(r.partition, r.offset, r.value) for r in batch.records]
+                    if len(batch):
+                        records = batch.triples()
                         if offset_type == pa.string():
                             parts.append(typed_rows(stream, records, schema))
                         else:
@@ -154,9 +154,9 @@ class ArchiveWriter:
                                 "offset": _offsets([r[1] for r in records], offset_type),
                                 "value": pa.array([r[2] for r in records], pa.binary()),
                             }, schema=schema))
-                        budget -= len(batch.records)
+                        budget -= len(batch)
                     offset = batch.next_offset
-                    if batch.caught_up or not batch.records:
+                    if batch.caught_up or not len(batch):
                         break
                 new_progress[partition] = offset
             if not parts:

@@ -266,8 +266,8 @@ def drain(db: Database, bus: EventBus, consumer: str, stream: str, partition: in
         done = 0
         while max_batches is None or done < max_batches:
             batch = bus.read(stream, partition, lease.next_offset, batch_size)
-            if batch.records:
-                lease = apply_isolating(db, lease, [(r.partition, r.offset, r.value) for r in batch.records],
+            if len(batch):
+                lease = apply_isolating(db, lease, batch.triples(),
                                         batch.next_offset, apply_batch)
                 done += 1
             if batch.caught_up:

@@ -164,13 +164,89 @@ def point_features(contribs: pl.DataFrame, queries: pl.DataFrame, group: GroupDe
     return result if lazy else result.collect()
 
 
+AXIS = "_axis"  # one time axis for every key: see `rolling_features`
+
+
 def rolling_features(contribs: pl.DataFrame, group: GroupDef, row_id: str) -> pl.DataFrame:
     """Features as of each contribution's own event time (inclusive of events at the same instant).
 
     `contribs` carries a unique `row_id` column; the result has `row_id`, the features and
     `last_update_us` (which, as of its own time, is that time).
+
+    Every key's events are laid out on its own stretch of one time axis (key rank x stride + ts),
+    the stretches further apart than the longest window, so a single sliding pass over the axis
+    serves every key at once: count and sum as sliding sums, max as a sliding max, distinct by the
+    interval rule of `_rolling_distinct`, all with the algebra's window `T - w < ts <= T` and every
+    row at T inside. When the axis would not fit in 63 bits, or a key's amounts could overflow a
+    64-bit sliding sum, each window is aggregated on its own instead (`_rolling_by_window`).
     """
     frame = contribs.sort(KEY, TS)
+    if frame.is_empty():
+        return _rolling_by_window(frame, group, row_id)
+    first, last = frame[TS].min(), frame[TS].max()
+    stride = last - first + max(f.window_us for f in group.features) + 1  # type: ignore[operator]
+    sums = {p.field for f in group.features for p in partials_of(f) if p.kind == "sum"}
+    too_large = sums and frame.select(pl.max_horizontal(
+        *[pl.col(c).cast(pl.Float64).sum().over(KEY).max() for c in sums])).item() >= float(2**62)
+    if too_large or (frame[KEY].n_unique() + 1) * stride >= 2**62:
+        return _rolling_by_window(frame, group, row_id)
+    frame = frame.with_columns(
+        ((pl.col(KEY).rank("dense").cast(pl.Int64) - 1) * stride + (pl.col(TS) - first)).alias(AXIS))
+    sliding: list[pl.Expr] = []
+    distinct: list[pl.Series] = []
+    for index, feature in enumerate(group.features):
+        for number, partial in enumerate(partials_of(feature)):
+            name = f"_p{index}_{number}"
+            if partial.kind == "distinct":
+                distinct.append(_rolling_distinct(frame, partial, feature.window_us).alias(name))
+            else:
+                sliding.append(_rolling_partial(partial, feature.window_us).alias(name))
+    frame = frame.with_columns(*sliding, *distinct)
+    finals = [finalize_expr(f, [pl.col(f"_p{i}_{n}") for n in range(len(partials_of(f)))]).alias(f.name)
+              for i, f in enumerate(group.features)]
+    out = frame.with_columns(finals)
+    if group.derived:
+        out = out.with_columns([derived_expr(d) for d in group.derived])
+    return out.with_columns(pl.col(TS).alias(LAST_UPDATE)).select(row_id, *group.feature_names, LAST_UPDATE)
+
+
+def _rolling_partial(partial: Partial, width_us: int) -> pl.Expr:
+    """A count, sum or max partial over the window ending at each row, along the axis."""
+    cond = _condition(partial.where, pl.col(TS).is_not_null()).fill_null(False)
+    period = f"{width_us}i"
+    if partial.kind == "count":
+        return cond.cast(pl.Int64).rolling_sum_by(AXIS, period, closed="right")
+    values = pl.when(cond).then(pl.col(partial.field).cast(pl.Int64))
+    if partial.kind == "sum":  # exact: the caller checked that no key's total reaches 2^62
+        total = values.fill_null(0).rolling_sum_by(AXIS, period, closed="right")
+        return pl.min_horizontal(total, pl.lit(SUM_CAP, pl.Int64))
+    return values.rolling_max_by(AXIS, period, closed="right")
+
+
+def _rolling_distinct(frame: pl.DataFrame, partial: Partial, width_us: int) -> pl.Series:
+    """Distinct non-null values of `partial.field` in each row's window.
+
+    An occurrence at ts of a value whose next occurrence (same key) is at next_ts is the value's
+    latest occurrence for every T in [ts, next_ts), and lies in T's window while T < ts + w. So it
+    counts for T in [ts, min(next_ts, ts + w)); the distinct count at T is the number of such
+    intervals started at or before T minus those ended at or before T. On the axis every interval
+    of an earlier key has both started and ended, so the counts need no key: one sorted search each.
+    """
+    field = partial.field
+    assert field is not None
+    cond = _condition(partial.where, pl.col(field).is_not_null()).fill_null(False)
+    same_value = (pl.col(KEY) == pl.col(KEY).shift(-1)) & (pl.col(field) == pl.col(field).shift(-1))
+    intervals = (frame.filter(cond).sort(KEY, field, TS)
+                 .select(pl.col(AXIS).alias("_start"),
+                         pl.min_horizontal(pl.when(same_value).then(pl.col(AXIS).shift(-1)),
+                                           pl.col(AXIS) + width_us).alias("_end")))
+    starts, ends = intervals["_start"].sort(), intervals["_end"].sort()
+    return (starts.search_sorted(frame[AXIS], side="right").cast(pl.Int64)
+            - ends.search_sorted(frame[AXIS], side="right").cast(pl.Int64))
+
+
+def _rolling_by_window(frame: pl.DataFrame, group: GroupDef, row_id: str) -> pl.DataFrame:
+    """Every window aggregated on its own (for keys whose sums could overflow a sliding sum)."""
     out = frame.select(row_id, KEY, TS)
     every_row = pl.col(TS).is_not_null()
     for width in sorted({f.window_us for f in group.features}):

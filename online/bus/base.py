@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from itertools import repeat
+from typing import NamedTuple, Protocol
 
 from featureplane.pipelines.errors import TerminalError
 from featureplane.pipelines.positions import OffsetStyle
@@ -41,8 +42,7 @@ def partition_for(partition_key: str, partitions: int) -> int:
     return int.from_bytes(digest[:8], "big") % partitions
 
 
-@dataclass(frozen=True)
-class BusRecord:
+class BusRecord(NamedTuple):
     stream: str
     partition: int
     offset: int
@@ -51,9 +51,26 @@ class BusRecord:
 
 @dataclass(frozen=True)
 class ReadBatch:
-    records: list[BusRecord]
+    """Consecutive records of one partition, as columns (no object per record: consumers read a
+    million records a pass)."""
+
+    stream: str
+    partition: int
+    offsets: list[int]
+    values: list[bytes]
     next_offset: int  # exclusive-next offset after this batch
     caught_up: bool  # nothing more was visible in the partition when read
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def records(self) -> list[BusRecord]:
+        return [BusRecord(self.stream, self.partition, o, v) for o, v in zip(self.offsets, self.values, strict=True)]
+
+    def triples(self) -> list[tuple[int, int, bytes]]:
+        """(partition, offset, value) per record, what the decoders take."""
+        return list(zip(repeat(self.partition, len(self.values)), self.offsets, self.values, strict=True))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from featureplane.online.bus.base import Backlog, BusRecord, ReadBatch, partition_for
+from featureplane.online.bus.base import Backlog, ReadBatch, partition_for
 from featureplane.pipelines.errors import TerminalError, Unavailable
 from featureplane.pipelines.positions import OffsetStyle
 from featureplane.runtime.settings import KinesisBus, boto3_client
@@ -119,12 +119,11 @@ class KinesisEventBus:
             raise TerminalError("UNKNOWN_PARTITION", f"stream {stream} has no partition {partition}")
         result = self.client.get_records(ShardIterator=self._iterator(stream, partition, from_offset),
                                          Limit=min(max_records, 10_000))
-        records = [
-            BusRecord(stream, partition, int(r["SequenceNumber"]), bytes(r["Data"])) for r in result["Records"]
-        ]
-        next_offset = records[-1].offset + 1 if records else from_offset
-        caught_up = not records or (result.get("MillisBehindLatest", 0) == 0 and len(records) < max_records)
-        return ReadBatch(records, next_offset, caught_up)
+        offsets = [int(r["SequenceNumber"]) for r in result["Records"]]
+        values = [bytes(r["Data"]) for r in result["Records"]]
+        next_offset = offsets[-1] + 1 if offsets else from_offset
+        caught_up = not offsets or (result.get("MillisBehindLatest", 0) == 0 and len(offsets) < max_records)
+        return ReadBatch(stream, partition, offsets, values, next_offset, caught_up)
 
     def _iterator(self, stream: str, partition: int, from_offset: int) -> str:
         """A shard iterator at the exclusive-next offset `from_offset` (sequence numbers as text:
