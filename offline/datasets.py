@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,10 +60,20 @@ def latest_labels(labels: pl.DataFrame, label_as_of_us: int) -> pl.DataFrame:
     )
 
 
-def compute_dataset(lake: DeltaLake, intent: BuildIntent, label_basis: dict[str, Any]) -> pl.DataFrame:
+Step = Callable[[str], None]  # told each step's name as it finishes (a progress bar)
+
+
+def build_steps(intent: BuildIntent) -> int:
+    """How many steps `compute_dataset` reports: the read, one per group, the labels."""
+    return len(intent.groups) + 2
+
+
+def compute_dataset(lake: DeltaLake, intent: BuildIntent, label_basis: dict[str, Any],
+                    step: Step = lambda _: None) -> pl.DataFrame:
     assert intent.scope_from_us is not None and intent.scope_to_us is not None
     assert intent.label_as_of_us is not None
     events = transactions_at(lake, intent.replay_basis)
+    step(f"read {events.height} transactions")
     events = with_pins(events, intent.context_pins).sort(TS, "partition", *order_keys()).with_row_index(ROW_ID)
     rows = events.filter((pl.col(TS) >= intent.scope_from_us) & (pl.col(TS) < intent.scope_to_us))
     for group in intent.groups:
@@ -71,8 +82,10 @@ def compute_dataset(lake: DeltaLake, intent: BuildIntent, label_basis: dict[str,
         values = values.with_columns([in_range_expr(f, values.schema[f]) for f in group.feature_names])
         values = values.rename({f: feature_column(group, f) for f in group.feature_names})
         rows = rows.join(values, on=ROW_ID, how="left")
+        step(f"{group.group_name}@{group.group_version}")
     labels = latest_labels(with_pins(labels_at(lake, label_basis), intent.context_pins), intent.label_as_of_us)
     rows = rows.join(labels, on=["platform_run_id", "flow_id"], how="left")
+    step("labels")
     rows = rows.with_columns(format_ts_expr(pl.col(TS)).alias("ts_utc"),
                              format_ts_expr(pl.col("label_observed_us")).alias("label_observed_time_utc"))
     features = [feature_column(g, f) for g in intent.groups for f in g.feature_names]
@@ -93,13 +106,13 @@ class BuiltDataset:
     data: bytes
 
 
-def build_dataset(lake: DeltaLake, intent: BuildIntent) -> BuiltDataset:
+def build_dataset(lake: DeltaLake, intent: BuildIntent, step: Step = lambda _: None) -> BuiltDataset:
     """Compute the dataset and its manifest (not yet published)."""
     label_basis = resolve_label_basis(lake, intent)
     identity = dataset_identity(intent, label_basis)
     fingerprint = dataset_fingerprint(identity)
     mid = manifest_id(fingerprint)
-    frame = compute_dataset(lake, intent, label_basis)
+    frame = compute_dataset(lake, intent, label_basis, step)
     data = parquet_bytes(frame)
     key = f"datasets/{mid}/part-00000.parquet"
     counts = dict(frame.group_by("label").len().iter_rows())

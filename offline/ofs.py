@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from featureplane.offline.datasets import build_dataset, publish
+from featureplane.offline.datasets import build_dataset, build_steps, publish
 from featureplane.offline.intents import IntentRejected, parse_intent
 from featureplane.offline.ledger import RunLedger
 from featureplane.offline.parity import check_snapshots, load_stored
 from featureplane.pipelines.errors import FpError, TerminalError, TransientError
 
 
-def run_intent(app: Any, raw: object) -> dict[str, Any]:
-    """Run (or find the finished run of) one intent; returns the manifest / result JSON."""
+def run_intent(app: Any, raw: object, progress: Callable[[int, str], None] | None = None) -> dict[str, Any]:
+    """Run (or find the finished run of) one intent; returns the manifest / result JSON.
+
+    `progress(total, step)` is told the number of steps first (step ""), then each finished step."""
     intent = parse_intent(raw, app.registry, app.bus.offset_style)
     ledger = RunLedger(app.db)
     run, _ = ledger.admit(intent)
@@ -26,7 +29,11 @@ def run_intent(app: Any, raw: object) -> dict[str, Any]:
     run = ledger.transition(run.run_key, "RUNNING", detail="publish retry" if run.state == "PUBLISH_PENDING" else "")
     try:
         if intent.intent_kind == "dataset_build":
-            built = build_dataset(app.lake, intent)
+            total = build_steps(intent)
+            if progress:
+                progress(total, "")
+            built = build_dataset(app.lake, intent, (lambda name: progress(total, name)) if progress else
+                                  (lambda _: None))
         elif intent.intent_kind == "parity_rebuild":
             result = _parity_rebuild(app, intent)
             return ledger.transition(run.run_key, "DONE", result=result).result or result

@@ -28,7 +28,7 @@ from featureplane.pipelines.errors import FpError
 from featureplane.pipelines.features import AS_OF, KEY, contributions, point_features
 from featureplane.pipelines.registry import Registry
 from featureplane.pipelines.requests import CONTRACT_VERSION, FeatureRequest
-from featureplane.pipelines.snapshot import assemble, hashed_payload, snapshot_hash, values_from_frames
+from featureplane.pipelines.snapshot import assemble, hashed_payload, snapshot_hash
 from featureplane.runtime.postgres import Database
 from featureplane.schemas.requests import parse_request
 
@@ -87,22 +87,25 @@ def rebuild_batch(lake: DeltaLake, registry: Registry, basis: dict[str, Any], pi
             for key_type, key_id in request.keys:
                 if key_type == group.key_type:
                     queries[group.ref].add((key_id, request.as_of_us))
-    by_as_of: dict[tuple[str, str], dict[int, pl.DataFrame]] = {}
+    # every (group, key, as-of) asked in the batch, evaluated in one vectorised pass per group
+    found: dict[tuple[str, str, str, int], dict[str, Any]] = {}
     for ref, wanted in queries.items():
         group = registry.get(*ref)
         assert group is not None  # parse_request resolved it
         query_frame = pl.DataFrame(sorted(wanted), schema={KEY: pl.String(), AS_OF: pl.Int64()}, orient="row")
         contribs = contributions(frame, group).join(query_frame.select(KEY).unique(), on=KEY, how="semi")
-        evaluated = point_features(contribs, query_frame, group)
-        by_as_of[ref] = {key[0]: part for key, part in evaluated.partition_by(AS_OF, as_dict=True).items()}
+        for row in point_features(contribs, query_frame, group).iter_rows(named=True):
+            found[(*ref, row[KEY], row[AS_OF])] = row
     return [
-        assemble(request, values_from_frames(request, {g.ref: by_as_of[g.ref][request.as_of_us]
-                                                       for g in request.groups}), basis)
+        assemble(request, {(g.group_name, g.group_version, key_id): found[(*g.ref, key_id, request.as_of_us)]
+                           for g in request.groups for key_type, key_id in request.keys
+                           if key_type == g.key_type}, basis)
         for request in requests
     ]
 
 
-def check_snapshots(lake: DeltaLake, registry: Registry, stored: list[dict[str, Any]]) -> list[ParityOutcome]:
+def check_snapshots(lake: DeltaLake, registry: Registry, stored: list[dict[str, Any]],
+                    checked: Callable[[int], None] = lambda _: None) -> list[ParityOutcome]:
     """Rebuild every stored response and compare; grouped by (basis, pins) to share replays."""
     outcomes: dict[str, ParityOutcome] = {}
     batches: dict[str, list[tuple[dict[str, Any], FeatureRequest]]] = defaultdict(list)
@@ -141,6 +144,7 @@ def check_snapshots(lake: DeltaLake, registry: Registry, stored: list[dict[str, 
             diff = first_difference(hashed_payload(response), hashed_payload(fresh)) or "feature_snapshot_hash"
             outcomes[digest] = ParityOutcome(digest, recomputed, False, diff,
                                              "HASH_MISMATCH" if body_intact else "STORED_SNAPSHOT_ALTERED")
+        checked(len(items))
     return [outcomes[r["snapshot"]["feature_snapshot_hash"]] for r in stored]
 
 
@@ -155,12 +159,13 @@ def load_stored(db: Database, store: ObjectStore, *, run_id: str | None = None, 
 
 def run_parity(db: Database, store: ObjectStore, lake: DeltaLake, registry: Registry, *,
                run_id: str | None = None, sample: int | None = None, seed: int = 0,
-               on_loaded: Callable[[int], None] | None = None) -> dict[str, Any]:
+               on_loaded: Callable[[int], None] | None = None,
+               checked: Callable[[int], None] = lambda _: None) -> dict[str, Any]:
     """Check stored snapshots, append the results to the audit lake, return the summary."""
     stored = load_stored(db, store, run_id=run_id, sample=sample, seed=seed)
     if on_loaded:
         on_loaded(len(stored))
-    outcomes = check_snapshots(lake, registry, stored)
+    outcomes = check_snapshots(lake, registry, stored, checked)
     parity_run_id = f"parity_{uuid.uuid4().hex}"
     checked_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     if outcomes:

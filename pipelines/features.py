@@ -147,6 +147,9 @@ def point_features(contribs: pl.DataFrame, queries: pl.DataFrame, group: GroupDe
     Returns one row per distinct query with the group's features (sorted names) and `last_update_us`
     (a LazyFrame when `lazy`, so several groups can be collected together).
     """
+    fast = _point_on_axis(contribs, queries, group)
+    if fast is not None:
+        return fast.lazy() if lazy else fast
     as_of_values = set(queries[AS_OF].to_list())
     queries_lazy = queries.lazy().select(pl.col(KEY).cast(pl.String), pl.col(AS_OF).cast(pl.Int64)).unique()
     contribs_lazy = contribs.lazy().select([pl.col(c).cast(t) for c, t in contribution_schema(group).items()])
@@ -165,6 +168,61 @@ def point_features(contribs: pl.DataFrame, queries: pl.DataFrame, group: GroupDe
 
 
 AXIS = "_axis"  # one time axis for every key: see `rolling_features`
+QUERY = "_query"
+
+
+def _axis_fits(frame: pl.DataFrame, group: GroupDef, first: int, last: int) -> bool:
+    """Whether every key's stretch fits one 63-bit axis and no key's sums could overflow a 64-bit
+    sliding sum (otherwise the per-window aggregation is used)."""
+    stride = last - first + max(f.window_us for f in group.features) + 1
+    sums = {p.field for f in group.features for p in partials_of(f) if p.kind == "sum"}
+    too_large = sums and frame.height and frame.select(pl.max_horizontal(
+        *[pl.col(c).cast(pl.Float64).sum().over(KEY).max() for c in sums])).item() >= float(2**62)
+    return not too_large and (frame[KEY].n_unique() + 1) * stride < 2**62
+
+
+def _on_axis(frame: pl.DataFrame, group: GroupDef, at: pl.Expr, first: int, last: int) -> pl.DataFrame:
+    """`frame` (sorted by key, then time `at`) with the group's features as of each row on the axis."""
+    stride = last - first + max(f.window_us for f in group.features) + 1
+    frame = frame.with_columns(((pl.col(KEY).rank("dense").cast(pl.Int64) - 1) * stride + (at - first)).alias(AXIS))
+    sliding: list[pl.Expr] = []
+    distinct: list[pl.Series] = []
+    for index, feature in enumerate(group.features):
+        for number, partial in enumerate(partials_of(feature)):
+            name = f"_p{index}_{number}"
+            if partial.kind == "distinct":
+                distinct.append(_rolling_distinct(frame, partial, feature.window_us).alias(name))
+            else:
+                sliding.append(_rolling_partial(partial, feature.window_us).alias(name))
+    sliding.append(pl.col(TS).rolling_max_by(AXIS, f"{group.lookback_us}i", closed="right").alias(LAST_UPDATE))
+    frame = frame.with_columns(*sliding, *distinct)
+    finals = [finalize_expr(f, [pl.col(f"_p{i}_{n}") for n in range(len(partials_of(f)))]).alias(f.name)
+              for i, f in enumerate(group.features)]
+    out = frame.with_columns(finals)
+    return out.with_columns([derived_expr(d) for d in group.derived]) if group.derived else out
+
+
+def _point_on_axis(contribs: pl.DataFrame, queries: pl.DataFrame, group: GroupDef) -> pl.DataFrame | None:
+    """point_features on the axis of `rolling_features`: each query is a row without values at its
+    as-of time, so the sliding partials ending there are exactly its windows. None when the axis
+    does not fit (the caller aggregates per query instead)."""
+    schema = contribution_schema(group)
+    events = contribs.select([pl.col(c).cast(t) for c, t in schema.items()]).with_columns(
+        pl.lit(None, pl.Int64).alias(AS_OF), pl.lit(False).alias(QUERY))
+    asked = queries.select(pl.col(KEY).cast(pl.String), pl.col(AS_OF).cast(pl.Int64)).unique()
+    if asked.is_empty():
+        return None
+    longest = max(f.window_us for f in group.features)
+    first = min(asked[AS_OF].min() - longest, events[TS].min() if events.height else asked[AS_OF].min())
+    last = max(asked[AS_OF].max(), events[TS].max() if events.height else asked[AS_OF].max())
+    if not _axis_fits(events, group, first, last):  # type: ignore[arg-type]
+        return None
+    rows = pl.concat([events, asked.with_columns(*[pl.lit(None, t).alias(c) for c, t in schema.items() if c != KEY],
+                                                 pl.lit(True).alias(QUERY)).select(events.columns)])
+    at = pl.coalesce(TS, AS_OF)
+    rows = rows.sort(KEY, at, QUERY)
+    answered = _on_axis(rows, group, at, first, last).filter(pl.col(QUERY))  # type: ignore[arg-type]
+    return answered.select(KEY, AS_OF, *group.feature_names, LAST_UPDATE).sort(KEY, AS_OF)
 
 
 def rolling_features(contribs: pl.DataFrame, group: GroupDef, row_id: str) -> pl.DataFrame:
@@ -184,29 +242,9 @@ def rolling_features(contribs: pl.DataFrame, group: GroupDef, row_id: str) -> pl
     if frame.is_empty():
         return _rolling_by_window(frame, group, row_id)
     first, last = frame[TS].min(), frame[TS].max()
-    stride = last - first + max(f.window_us for f in group.features) + 1  # type: ignore[operator]
-    sums = {p.field for f in group.features for p in partials_of(f) if p.kind == "sum"}
-    too_large = sums and frame.select(pl.max_horizontal(
-        *[pl.col(c).cast(pl.Float64).sum().over(KEY).max() for c in sums])).item() >= float(2**62)
-    if too_large or (frame[KEY].n_unique() + 1) * stride >= 2**62:
+    if not _axis_fits(frame, group, first, last):  # type: ignore[arg-type]
         return _rolling_by_window(frame, group, row_id)
-    frame = frame.with_columns(
-        ((pl.col(KEY).rank("dense").cast(pl.Int64) - 1) * stride + (pl.col(TS) - first)).alias(AXIS))
-    sliding: list[pl.Expr] = []
-    distinct: list[pl.Series] = []
-    for index, feature in enumerate(group.features):
-        for number, partial in enumerate(partials_of(feature)):
-            name = f"_p{index}_{number}"
-            if partial.kind == "distinct":
-                distinct.append(_rolling_distinct(frame, partial, feature.window_us).alias(name))
-            else:
-                sliding.append(_rolling_partial(partial, feature.window_us).alias(name))
-    frame = frame.with_columns(*sliding, *distinct)
-    finals = [finalize_expr(f, [pl.col(f"_p{i}_{n}") for n in range(len(partials_of(f)))]).alias(f.name)
-              for i, f in enumerate(group.features)]
-    out = frame.with_columns(finals)
-    if group.derived:
-        out = out.with_columns([derived_expr(d) for d in group.derived])
+    out = _on_axis(frame, group, pl.col(TS), first, last)  # type: ignore[arg-type]
     return out.with_columns(pl.col(TS).alias(LAST_UPDATE)).select(row_id, *group.feature_names, LAST_UPDATE)
 
 

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import polars as pl
-
 from featureplane.pipelines.algebra import out_of_range
 from featureplane.pipelines.canonical import sha256_ref
-from featureplane.pipelines.features import AS_OF, KEY, LAST_UPDATE
+from featureplane.pipelines.features import LAST_UPDATE
 from featureplane.pipelines.requests import CONTRACT_VERSION, FeatureRequest
 from featureplane.pipelines.timefmt import US_PER_SECOND, format_ts
 
@@ -43,16 +41,6 @@ def snapshot_hash(response: dict[str, Any]) -> str:
 
 
 GroupValues = dict[tuple[str, str, str], dict[str, Any]]  # (group, version, key_id) -> features + last_update_us
-
-
-def values_from_frames(request: FeatureRequest, group_frames: dict[tuple[str, str], pl.DataFrame]) -> GroupValues:
-    """Polars group frames (columns key_id, as_of_us, features..., last_update_us) -> `GroupValues`."""
-    rows: GroupValues = {}
-    for group in request.groups:
-        frame = group_frames[group.ref]
-        for row in frame.filter(pl.col(AS_OF) == request.as_of_us).iter_rows(named=True):
-            rows[(group.group_name, group.group_version, row[KEY])] = row
-    return rows
 
 
 def assemble(

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -188,11 +189,67 @@ def cmd_ofs_build(args: argparse.Namespace) -> int:
         raise IntentRejected("INTENT_MALFORMED", "the intent file is not JSON") from None
     from featureplane.lake.audit import export_audit
 
-    try:
-        _print_json(run_intent(app, raw))
-    finally:
-        export_audit(app.db, app.lake)
+    with _Progress("dataset build") as bar:
+        try:
+            result = run_intent(app, raw, bar.step)
+            if "row_count" in result:
+                bar.summary({"rows": result["row_count"]})
+            _print_json(result)
+        finally:
+            export_audit(app.db, app.lake)
     return 0
+
+
+class _Progress:
+    """A rich progress bar on stderr for long jobs, then a one-line JSON summary there (rate and peak
+    memory); stdout keeps only the result JSON."""
+
+    def __init__(self, what: str) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.what = what
+        self.console = Console(stderr=True)
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=self.console, transient=True)
+        self.task = self.bar.add_task(what, total=None)
+        self.started = time.perf_counter()
+        self.done = 0
+        self.extra: dict[str, Any] = {}
+
+    def __enter__(self) -> _Progress:
+        self.bar.start()
+        return self
+
+    def total(self, count: int) -> None:
+        self.bar.update(self.task, total=count)
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        self.bar.update(self.task, advance=count)
+
+    def step(self, total: int, name: str) -> None:
+        """run_intent's reports: the step count first (name ""), then each finished step."""
+        if not name:
+            self.total(total)
+            return
+        self.advance(1)
+        self.bar.update(self.task, description=f"{self.what}: {name}")
+
+    def summary(self, extra: dict[str, Any]) -> None:
+        self.extra.update(extra)
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+        seconds = time.perf_counter() - self.started
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        line = {"job": self.what, "seconds": round(seconds, 2), "peak_rss_mb": round(peak, 1), **self.extra}
+        for unit in ("rows", "snapshots"):
+            if unit in self.extra and seconds > 0:
+                line[f"{unit}_per_s"] = round(self.extra[unit] / seconds)
+        self.console.print_json(json.dumps(line))
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
@@ -201,8 +258,10 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
     app = App()
     app.init()
-    result = run_parity(app.db, app.store, app.lake, app.registry, run_id=args.run_id, sample=args.sample,
-                        seed=args.seed)
+    with _Progress("parity") as bar:
+        result = run_parity(app.db, app.store, app.lake, app.registry, run_id=args.run_id, sample=args.sample,
+                            seed=args.seed, on_loaded=bar.total, checked=bar.advance)
+        bar.summary({"snapshots": result["checked"], "matched": result["matched"]})
     _print_json(result)
     return 0 if result["mismatched"] == 0 else 1
 

@@ -115,6 +115,9 @@ def test_the_whole_loop_on_kinesis_and_s3_with_real_sequence_numbers(app, fp_hom
     code, out, err = run_fp(app, fp_home, "ofs", "build", "--intent", "-", stdin=json.dumps(intent).encode(), env=env)
     assert code == 0, err
     manifest = json.loads(out)
+    summary = json.loads(err[err.index("{"):])  # the progress bar's closing summary, on stderr
+    assert summary["job"] == "dataset build" and summary["rows"] == manifest["row_count"] > 0
+    assert summary["rows_per_s"] > 0 and summary["peak_rss_mb"] > 0
     assert manifest["row_count"] > 0 and manifest["identity"]["replay_basis"] == basis
     assert all(_is_sequence_number(o) for o in manifest["identity"]["label_basis"]["watermark_basis"].values())
 
@@ -122,6 +125,7 @@ def test_the_whole_loop_on_kinesis_and_s3_with_real_sequence_numbers(app, fp_hom
     assert code == 0, err
     parity = json.loads(out)
     assert parity["checked"] == parity["matched"] >= 5 and parity["mismatched"] == 0
+    assert json.loads(err[err.index("{"):])["snapshots"] == parity["checked"]
 
     code, out, err = run_fp(app, fp_home, "sql", "SELECT max(length(\"offset\")) AS digits, count(*) AS n "
                                                  "FROM archive_traffic", env=env)

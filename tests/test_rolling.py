@@ -68,3 +68,26 @@ def test_sums_that_could_overflow_a_sliding_sum_take_the_per_window_path():
     big = 2**53 - 1
     _check([("e_account_a", i * S, big, "ecom", "e_card_1", "e_merchant_1") for i in range(1100)][:1100:37]
            + [("e_account_b", 5 * S, big, "ecom", None, "e_merchant_2")] * 600)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(EVENTS, st.lists(st.tuples(st.sampled_from(["e_account_a", "e_account_b", "e_account_unseen"]),
+                                  st.integers(-3600, 32 * 3600).map(lambda s: s * S + 1)), min_size=1, max_size=15))
+def test_features_at_any_as_of_equal_the_reference(events, asked):
+    from featureplane.pipelines.features import AS_OF, LAST_UPDATE, point_features
+
+    rows = [{"account_id": a, TS: ts, "amount_minor": amount, "channel": channel, "card_id": card,
+             "merchant_id": merchant} for a, ts, amount, channel, card, merchant in events]
+    contribs = pl.DataFrame(rows, schema={"account_id": pl.String, TS: pl.Int64, "amount_minor": pl.Int64,
+                                          "channel": pl.String, "card_id": pl.String, "merchant_id": pl.String}
+                            ).rename({"account_id": KEY})
+    queries = pl.DataFrame(asked, schema={KEY: pl.String, AS_OF: pl.Int64}, orient="row")
+    result = point_features(contribs, queries, GROUP)
+    assert result.height == queries.unique().height
+    for row in result.iter_rows(named=True):
+        mine = [r for r in rows if r["account_id"] == row[KEY]]
+        expected = evaluate_rows(GROUP.features, GROUP.derived, mine, row[AS_OF])
+        assert {k: row[k] for k in expected} == expected or all(
+            row[k] == expected[k] or (row[k] != row[k] and expected[k] != expected[k]) for k in expected)
+        inside = [r[TS] for r in mine if row[AS_OF] - GROUP.lookback_us < r[TS] <= row[AS_OF]]
+        assert row[LAST_UPDATE] == (max(inside) if inside else None)
