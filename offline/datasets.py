@@ -53,7 +53,7 @@ def latest_labels(labels: pl.DataFrame, label_as_of_us: int) -> pl.DataFrame:
     """Per flow: the assertion with the greatest (observed_time, position) observed by the cut-off."""
     return (
         labels.filter(pl.col("observed_us") <= label_as_of_us)
-        .sort("observed_us", "partition", *order_keys())
+        .sort("observed_us", "partition", *order_keys(frame=labels))
         .group_by("platform_run_id", "flow_id", maintain_order=True)
         .last()
         .select("platform_run_id", "flow_id", "label", pl.col("observed_us").alias("label_observed_us"))
@@ -74,7 +74,8 @@ def compute_dataset(lake: DeltaLake, intent: BuildIntent, label_basis: dict[str,
     assert intent.label_as_of_us is not None
     events = transactions_at(lake, intent.replay_basis)
     step(f"read {events.height} transactions")
-    events = with_pins(events, intent.context_pins).sort(TS, "partition", *order_keys()).with_row_index(ROW_ID)
+    events = with_pins(events, intent.context_pins)
+    events = events.sort(TS, "partition", *order_keys(frame=events)).with_row_index(ROW_ID)
     rows = events.filter((pl.col(TS) >= intent.scope_from_us) & (pl.col(TS) < intent.scope_to_us))
     for group in intent.groups:
         contribs = contributions(events, group, carry=(ROW_ID,))
@@ -89,8 +90,8 @@ def compute_dataset(lake: DeltaLake, intent: BuildIntent, label_basis: dict[str,
     rows = rows.with_columns(format_ts_expr(pl.col(TS)).alias("ts_utc"),
                              format_ts_expr(pl.col("label_observed_us")).alias("label_observed_time_utc"))
     features = [feature_column(g, f) for g in intent.groups for f in g.feature_names]
-    return rows.sort(TS, "partition", *order_keys()).select(*BASE_COLUMNS, *features, "label",
-                                                            "label_observed_time_utc")
+    # ROW_ID numbers the events in (time, position) order
+    return rows.sort(ROW_ID).select(*BASE_COLUMNS, *features, "label", "label_observed_time_utc")
 
 
 def parquet_bytes(frame: pl.DataFrame) -> bytes:

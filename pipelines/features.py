@@ -171,20 +171,30 @@ AXIS = "_axis"  # one time axis for every key: see `rolling_features`
 QUERY = "_query"
 
 
+CODE = "_key_code"
+
+
+def _key_codes(frame: pl.DataFrame) -> pl.DataFrame:
+    """Each key as an integer 0..keys-1 (dictionary codes, ranked: any order serves the axis)."""
+    code = pl.col(KEY).cast(pl.Categorical).to_physical().rank("dense").cast(pl.Int64) - 1
+    return frame.with_columns(code.alias(CODE))
+
+
 def _axis_fits(frame: pl.DataFrame, group: GroupDef, first: int, last: int) -> bool:
     """Whether every key's stretch fits one 63-bit axis and no key's sums could overflow a 64-bit
-    sliding sum (otherwise the per-window aggregation is used)."""
+    sliding sum (otherwise the per-window aggregation is used). `frame` carries the key codes."""
     stride = last - first + max(f.window_us for f in group.features) + 1
     sums = {p.field for f in group.features for p in partials_of(f) if p.kind == "sum"}
     too_large = sums and frame.height and frame.select(pl.max_horizontal(
-        *[pl.col(c).cast(pl.Float64).sum().over(KEY).max() for c in sums])).item() >= float(2**62)
-    return not too_large and (frame[KEY].n_unique() + 1) * stride < 2**62
+        *[pl.col(c).cast(pl.Float64).sum().over(CODE).max() for c in sums])).item() >= float(2**62)
+    keys = (frame[CODE].max() + 1) if frame.height else 0  # type: ignore[operator]
+    return not too_large and (keys + 1) * stride < 2**63 - 1  # every axis value and axis + window fit
 
 
 def _on_axis(frame: pl.DataFrame, group: GroupDef, at: pl.Expr, first: int, last: int) -> pl.DataFrame:
-    """`frame` (sorted by key, then time `at`) with the group's features as of each row on the axis."""
+    """`frame` (with key codes) sorted along the axis, with the group's features as of each row."""
     stride = last - first + max(f.window_us for f in group.features) + 1
-    frame = frame.with_columns(((pl.col(KEY).rank("dense").cast(pl.Int64) - 1) * stride + (at - first)).alias(AXIS))
+    frame = frame.with_columns((pl.col(CODE) * stride + (at - first)).alias(AXIS)).sort(AXIS)
     sliding: list[pl.Expr] = []
     distinct: list[pl.Series] = []
     for index, feature in enumerate(group.features):
@@ -215,13 +225,12 @@ def _point_on_axis(contribs: pl.DataFrame, queries: pl.DataFrame, group: GroupDe
     longest = max(f.window_us for f in group.features)
     first = min(asked[AS_OF].min() - longest, events[TS].min() if events.height else asked[AS_OF].min())
     last = max(asked[AS_OF].max(), events[TS].max() if events.height else asked[AS_OF].max())
-    if not _axis_fits(events, group, first, last):  # type: ignore[arg-type]
+    rows = _key_codes(pl.concat([events, asked.with_columns(
+        *[pl.lit(None, t).alias(c) for c, t in schema.items() if c != KEY], pl.lit(True).alias(QUERY)
+    ).select(events.columns)]))
+    if not _axis_fits(rows, group, first, last):  # type: ignore[arg-type]
         return None
-    rows = pl.concat([events, asked.with_columns(*[pl.lit(None, t).alias(c) for c, t in schema.items() if c != KEY],
-                                                 pl.lit(True).alias(QUERY)).select(events.columns)])
-    at = pl.coalesce(TS, AS_OF)
-    rows = rows.sort(KEY, at, QUERY)
-    answered = _on_axis(rows, group, at, first, last).filter(pl.col(QUERY))  # type: ignore[arg-type]
+    answered = _on_axis(rows, group, pl.coalesce(TS, AS_OF), first, last).filter(pl.col(QUERY))  # type: ignore[arg-type]
     return answered.select(KEY, AS_OF, *group.feature_names, LAST_UPDATE).sort(KEY, AS_OF)
 
 
@@ -231,19 +240,19 @@ def rolling_features(contribs: pl.DataFrame, group: GroupDef, row_id: str) -> pl
     `contribs` carries a unique `row_id` column; the result has `row_id`, the features and
     `last_update_us` (which, as of its own time, is that time).
 
-    Every key's events are laid out on its own stretch of one time axis (key rank x stride + ts),
+    Every key's events are laid out on its own stretch of one time axis (key code x stride + ts),
     the stretches further apart than the longest window, so a single sliding pass over the axis
     serves every key at once: count and sum as sliding sums, max as a sliding max, distinct by the
     interval rule of `_rolling_distinct`, all with the algebra's window `T - w < ts <= T` and every
-    row at T inside. When the axis would not fit in 63 bits, or a key's amounts could overflow a
+    row at T inside. When the axis would not fit in 64 bits, or a key's amounts could overflow a
     64-bit sliding sum, each window is aggregated on its own instead (`_rolling_by_window`).
     """
-    frame = contribs.sort(KEY, TS)
-    if frame.is_empty():
-        return _rolling_by_window(frame, group, row_id)
+    if contribs.is_empty():
+        return _rolling_by_window(contribs.sort(KEY, TS), group, row_id)
+    frame = _key_codes(contribs)
     first, last = frame[TS].min(), frame[TS].max()
     if not _axis_fits(frame, group, first, last):  # type: ignore[arg-type]
-        return _rolling_by_window(frame, group, row_id)
+        return _rolling_by_window(contribs.sort(KEY, TS), group, row_id)
     out = _on_axis(frame, group, pl.col(TS), first, last)  # type: ignore[arg-type]
     return out.with_columns(pl.col(TS).alias(LAST_UPDATE)).select(row_id, *group.feature_names, LAST_UPDATE)
 
@@ -273,8 +282,10 @@ def _rolling_distinct(frame: pl.DataFrame, partial: Partial, width_us: int) -> p
     field = partial.field
     assert field is not None
     cond = _condition(partial.where, pl.col(field).is_not_null()).fill_null(False)
-    same_value = (pl.col(KEY) == pl.col(KEY).shift(-1)) & (pl.col(field) == pl.col(field).shift(-1))
-    intervals = (frame.filter(cond).sort(KEY, field, TS)
+    value = pl.col(field).cast(pl.Categorical).to_physical()
+    same_value = (pl.col(CODE) == pl.col(CODE).shift(-1)) & (pl.col("_value") == pl.col("_value").shift(-1))
+    # grouped by (value, key) with time ascending: the axis orders keys and, within one, time
+    intervals = (frame.filter(cond).with_columns(value.alias("_value")).sort("_value", AXIS)
                  .select(pl.col(AXIS).alias("_start"),
                          pl.min_horizontal(pl.when(same_value).then(pl.col(AXIS).shift(-1)),
                                            pl.col(AXIS) + width_us).alias("_end")))

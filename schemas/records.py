@@ -111,5 +111,8 @@ def decode_labels(records: Iterable[tuple[int, int, bytes]]) -> tuple[pl.DataFra
 
 def first_positions(frame: pl.DataFrame) -> pl.DataFrame:
     """Keep each (platform_run_id, event_id) once, at its first (partition, offset)."""
-    return frame.sort("partition", *order_keys()).unique(["platform_run_id", "event_id"], keep="first",
+    duplicated = pl.struct("platform_run_id", "event_id").is_duplicated()
+    if frame.is_empty() or not frame.select(duplicated.any()).item():  # the common case: nothing to drop
+        return frame
+    return frame.sort("partition", *order_keys(frame=frame)).unique(["platform_run_id", "event_id"], keep="first",
                                                     maintain_order=True)

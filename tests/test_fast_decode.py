@@ -36,7 +36,7 @@ TEXTS = st.sampled_from([
 ])
 VALUES = st.one_of(TEXTS, st.none(), st.booleans(), st.sampled_from([0, 1, -1, 2**53 - 1, 2**53, 2**63 - 1, 2**63,
                                                                       2**64, 10**30, 1.0, 0.5]),
-                   st.just([]), st.just({}))
+                   st.builds(list), st.builds(dict))  # fresh objects: a mutation may write into them
 ENVELOPE = ["event_id", "event_type", "schema_version", "ts_utc", "context_pins", "seed", "platform_run_id",
             "payload", "emitted_at_utc"]
 
