@@ -176,20 +176,14 @@ class EmbeddedBus:
             blob = log.read(hi - lo)
         skipped = self._skipped(directory, partition)
         values: list[bytes] = []
-        view, unpack, crc32, header = memoryview(blob), HEADER.unpack_from, zlib.crc32, HEADER.size
+        view = memoryview(blob)
         for n, (start, end) in enumerate(zip(starts, ends, strict=True)):
             offset = from_offset + n
-            # the intact case inline (a million records per pass); `_frame_problem` says what is wrong
-            at = start - lo + header
-            if start >= lo and start + header <= log_size:
-                length, crc = unpack(blob, start - lo)
-                stop = start + header + length
-                if stop <= log_size and (end is None or stop == end) and crc32(view[at:at + length]) == crc:
-                    values.append(blob[at:at + length])
-                    continue
-            problem = _frame_problem(blob, lo, start, end, log_size)
-            if problem is None:  # pragma: no cover - the inline checks are the same
-                raise AssertionError("frame checks disagree")
+            framed = _frame(blob, view, lo, start, end, log_size)
+            if type(framed) is slice:
+                values.append(blob[framed])
+                continue
+            problem = str(framed)
             if offset in skipped:
                 values.append(SKIPPED_RECORD)
                 continue
@@ -214,14 +208,16 @@ class EmbeddedBus:
                                            "nothing to skip")
 
 
-def _frame_problem(blob: bytes, base: int, start: int, end: int | None, log_size: int) -> str | None:
-    """Why the record framed at [start, end) of the log is not intact, or None when it is."""
+def _frame(blob: bytes, view: memoryview, base: int, start: int, end: int | None, log_size: int) -> slice | str:
+    """Where the payload of the record framed at [start, end) of the log lies in `blob`, or why the
+    frame is not intact."""
     if start < base or start + HEADER.size > log_size or (end is not None and end < start + HEADER.size):
         return "index entry points outside the log"
     length, crc = HEADER.unpack_from(blob, start - base)
     stop = start + HEADER.size + length
     if stop > log_size or (end is not None and stop != end):
         return "frame length disagrees with the index"
-    if zlib.crc32(blob[start - base + HEADER.size:stop - base]) != crc:
+    payload = slice(start - base + HEADER.size, stop - base)
+    if zlib.crc32(view[payload]) != crc:
         return "checksum mismatch"
-    return None
+    return payload
