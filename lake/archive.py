@@ -54,7 +54,8 @@ def archive_schema(stream: str) -> pa.Schema:
 
 
 def typed_rows(stream: str, records: list[tuple[int, int, bytes]], schema: pa.Schema) -> pa.Table:
-    """Archive rows of `records` in `schema` (with typed columns when the schema has them)."""
+    """Archive rows of `records` in `schema`: with typed columns when the schema has them, and
+    offsets cast to the schema's type (text; int64 in an archive from before decimal offsets)."""
     raw = pl.DataFrame({"partition": [r[0] for r in records], "offset": [str(r[1]) for r in records],
                         "value": [r[2] for r in records]},
                        schema={"partition": pl.Int32(), "offset": pl.String(), "value": pl.Binary()})
@@ -125,8 +126,8 @@ class ArchiveWriter:
     def _drain(self, stream: str, stats: ArchiveStats) -> None:
         progress = archive_progress(self.lake, stream)
         existing = self.lake.table(table_name(stream))
-        # an existing table keeps its columns (an archive from before typed columns or decimal offsets
-        # is still appended to as it is; `fp archive rebuild` brings it to the current layout)
+        # an existing table keeps its columns: an archive from before typed columns or decimal offsets
+        # is still appended to as it is (no command rewrites it in the current layout yet)
         schema = archive_schema(stream) if existing is None else pa.schema(existing.schema().to_arrow())
         offset_type = schema.field("offset").type
         with self.db.transaction() as conn:  # blocks the archive has moved past (after an operator skip)
@@ -145,15 +146,10 @@ class ArchiveWriter:
                         record_block(self.db, CONSUMER, exc)
                         break
                     if len(batch):
-                        records = batch.triples()
-                        if offset_type == pa.string():
-                            parts.append(typed_rows(stream, records, schema))
-                        else:
-                            parts.append(pa.table({
-                                "partition": pa.array([r[0] for r in records], pa.int32()),
-                                "offset": _offsets([r[1] for r in records], offset_type),
-                                "value": pa.array([r[2] for r in records], pa.binary()),
-                            }, schema=schema))
+                        if offset_type != pa.string() and batch.offsets[-1] >= 2**63:
+                            raise TerminalError("ARCHIVE_OFFSET_TYPE", "this archive was written with int64 "
+                                                "offsets and cannot hold this bus's; archive into a new object store")
+                        parts.append(typed_rows(stream, batch.triples(), schema))
                         budget -= len(batch)
                     offset = batch.next_offset
                     if batch.caught_up or not len(batch):
@@ -174,15 +170,6 @@ class ArchiveWriter:
             stats.per_stream[stream] = stats.per_stream.get(stream, 0) + rows.num_rows
             if self.on_progress:
                 self.on_progress(stream, rows.num_rows)
-
-
-def _offsets(offsets: list[int], offset_type: pa.DataType) -> pa.Array:
-    if offset_type == pa.string():
-        return pa.array([str(o) for o in offsets], pa.string())
-    if offsets and offsets[-1] >= 2**63:
-        raise TerminalError("ARCHIVE_OFFSET_TYPE", "this archive was written with int64 offsets and cannot hold "
-                                                   "this bus's; rebuild it (see the README)")
-    return pa.array(offsets, offset_type)
 
 
 def _crash_after_files(rows: pa.Table) -> pa.RecordBatchReader:

@@ -154,3 +154,20 @@ def test_duckdb_views_over_archive_snapshots_audit_and_datasets(app):
     assert q("SELECT value FROM snapshot_features WHERE feature_name = 'txn_count_24h'") == [[float(expected)]]
     with pytest.raises(Exception, match="views here now"):
         q("SELECT * FROM no_such_view")
+
+
+def test_an_archive_with_int64_offsets_is_appended_in_its_type_and_read_as_text(app):
+    """An archive written before decimal offsets keeps its column type; replay reads it as text."""
+    from featureplane.schemas.streams import FLOW_ANCHOR
+
+    app.bus.append(FLOW_ANCHOR, [("k", b"a"), ("k", b"b")])
+    app.lake.append(table_name(FLOW_ANCHOR), pa.table({"partition": pa.array([], pa.int32()),
+                                                       "offset": pa.array([], pa.int64()),
+                                                       "value": pa.array([], pa.binary())}))
+    ArchiveWriter(app.db, app.bus, app.lake).archive_stream(FLOW_ANCHOR)
+    table = app.lake.table(table_name(FLOW_ANCHOR))
+    assert pa.schema(table.schema().to_arrow()).field("offset").type == pa.int64()
+    partition = next(p for p, end in app.bus.end_offsets(FLOW_ANCHOR).items() if end)
+    read = read_basis(app.lake, FLOW_ANCHOR, app.bus.end_offsets(FLOW_ANCHOR)).to_pylist()
+    assert read == [{"partition": partition, "offset": "0", "value": b"a"},
+                    {"partition": partition, "offset": "1", "value": b"b"}]
