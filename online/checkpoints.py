@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import psycopg
 
@@ -60,11 +61,16 @@ def claim(conn: psycopg.Connection, consumer: str, stream: str, partition: int, 
     return Lease(consumer, stream, partition, owner, row[0], int(row[1]))  # numeric -> exact int
 
 
+PROGRESS_RETENTION = timedelta(days=7)
+
+
 def beat(conn: psycopg.Connection, owner: str) -> list[str]:
-    """Record that worker process `owner` is alive; return every live worker, sorted."""
+    """Record that worker process `owner` is alive; return every live worker, sorted. Progress samples
+    past PROGRESS_RETENTION are pruned here, once per pass."""
     conn.execute(
         """INSERT INTO worker_heartbeats (owner) VALUES (%s)
            ON CONFLICT (owner) DO UPDATE SET beat_at = now()""", (owner,))
+    conn.execute("DELETE FROM consumer_progress WHERE at < now() - %s", (PROGRESS_RETENTION,))
     return [r[0] for r in conn.execute(
         """SELECT owner FROM worker_heartbeats WHERE beat_at > now() - make_interval(secs => %s)
             ORDER BY owner""", (LEASE_SECONDS,))]
@@ -89,7 +95,8 @@ def fair_share(items: list[int] | list[str], live: list[str], owner: str) -> lis
 def advance(conn: psycopg.Connection, lease: Lease, new_offset: int) -> Lease:
     """Move the checkpoint to `new_offset` inside the caller's transaction, or raise `Fenced`.
 
-    Moving also clears the partition's error streak and any block it has now passed."""
+    Moving also clears the partition's error streak and any block it has now passed, and samples the
+    positions and watermark for `fp report` (at most five times a second per partition)."""
     row = conn.execute(
         """WITH moved AS (
                UPDATE consumer_checkpoints
@@ -103,7 +110,17 @@ def advance(conn: psycopg.Connection, lease: Lease, new_offset: int) -> Lease:
                   AND "offset" < %(new)s AND EXISTS (SELECT 1 FROM moved)),
            healed AS (
                DELETE FROM consumer_errors WHERE consumer = %(c)s AND stream = %(s)s AND partition = %(p)s
-                  AND EXISTS (SELECT 1 FROM moved))
+                  AND EXISTS (SELECT 1 FROM moved)),
+           sampled AS (
+               INSERT INTO consumer_progress (consumer, stream, partition, from_offset, next_offset,
+                                              event_ts_us)
+               SELECT %(c)s, %(s)s, %(p)s, %(old)s, %(new)s,
+                      (SELECT last_event_ts_us FROM consumer_counters
+                        WHERE consumer = %(c)s AND stream = %(s)s AND partition = %(p)s)
+                WHERE EXISTS (SELECT 1 FROM moved) AND NOT EXISTS (
+                      SELECT 1 FROM consumer_progress WHERE consumer = %(c)s AND stream = %(s)s
+                         AND partition = %(p)s AND at > now() - interval '200 milliseconds')
+               ON CONFLICT DO NOTHING)
            SELECT count(*) FROM moved""",
         {"new": new_offset, "lease": LEASE_SECONDS, "c": lease.consumer, "s": lease.stream, "p": lease.partition,
          "epoch": lease.epoch, "old": lease.next_offset},

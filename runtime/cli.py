@@ -377,6 +377,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from featureplane.runtime.app import App
+    from featureplane.runtime.report import gather
+    from featureplane.runtime.report_page import render
+
+    app = App()
+    app.init()
+    data = gather(app, dataset=args.dataset, run_id=args.run_id)
+    out = Path(args.out) if args.out else app.settings.home / "reports" / f"report-{data.generated_at}.html"
+    page = render(data).encode()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(page)
+    except OSError as exc:
+        raise TerminalError("OUTPUT_UNWRITABLE", f"{str(out)!r} cannot be written ({exc.strerror})") from None
+    _print_json({"report": str(out), "bytes": len(page), "partitions": len(data.progress),
+                 "snapshots": data.snapshots, "parity_runs": len(data.parity), "dataset": data.dataset_id,
+                 "failure_reasons": len(data.failures)})
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from featureplane.runtime.demo import run_demo
 
@@ -496,6 +517,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--offset", type=int, required=True)
     q.add_argument("--reason", required=True, help="why it is safe to skip (kept in the audit)")
     q.set_defaults(handler=cmd_bus_skip)
+
+    p = sub.add_parser("report", help="one self-contained HTML page with plots: lag and watermark age per "
+                                      "partition, freshness per group, parity, apply failures, a dataset's "
+                                      "features offline vs served; prints JSON with its path")
+    p.add_argument("--out", help="where to write the page (default FP_HOME/reports/report-<time>.html)")
+    p.add_argument("--dataset", help="the manifest id of the dataset to compare (default: the newest built)")
+    p.add_argument("--run-id", help="only this run's snapshots and parity results")
+    p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded default; readable summary")
     p.add_argument("--transactions", type=int, default=2000)

@@ -1,7 +1,7 @@
 """`fp demo`: the main job end to end on the embedded default, with a readable summary.
 
 simulate -> publish -> workers (OFP, archive) -> serve a batch of requests -> build a dataset
--> parity -> a short report with the figures and a duckdb query over the lakes.
+-> parity -> a duckdb query over the lakes -> the HTML report (`fp report`), and a summary table.
 """
 
 from __future__ import annotations
@@ -121,6 +121,15 @@ def run_demo(*, transactions: int = 2000, seed: int = 7, requests: int = 200) ->
         "transactions_applied_now": ofp["applied"], "snapshots": len(ok), "dataset_rows":
         manifest["row_count"] if manifest else 0, "parity_matched": parity["matched"],
         "parity_checked": parity["checked"], "seconds": round(time.perf_counter() - started, 1)})
+    from featureplane.runtime.report import gather
+    from featureplane.runtime.report_page import render
+
+    with console.status("7. report"):
+        page = app.settings.home / "reports" / "demo.html"
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(render(gather(app, run_id=plan.pins()["run_id"])), encoding="utf-8")
+    console.print(f"7. report: {page} (open it in a browser; `fp report` draws it again at any time)")
+    figures["report"] = str(page)
     summary = Table(title="featureplane demo: summary")
     summary.add_column("figure")
     summary.add_column("value")

@@ -16,6 +16,13 @@ case "$job" in
     .venv/bin/fp demo
     ;;
   test)
+    # the report test renders pages in headless Chromium (Debian's package); install it when missing
+    if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+      sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo -n"
+      $sudo_cmd apt-get update -qq >/dev/null && \
+        DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium >/dev/null \
+        || echo "bootstrap: could not install chromium; tests/test_report.py will say so" >&2
+    fi
     .venv/bin/ruff check .
     bash scripts/lint_imports.sh
     .venv/bin/python -m pytest
