@@ -15,10 +15,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display: render to SVG only
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from featureplane.runtime.report import ReportData, Series  # noqa: E402
+from featureplane.runtime.report import ReportData, Series
 
 plt.rcParams.update({"svg.fonttype": "path", "font.size": 9, "axes.spines.top": False,
                      "axes.spines.right": False, "figure.dpi": 96})
