@@ -13,46 +13,49 @@ _NUMBER = re.compile(r'"\\u0000([^"\\]*)\\u0000"')  # a float's JCS text, smuggl
 _ENCODE = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False).encode
 
 
-def _mark_floats(value: Any) -> tuple[Any, bool]:
-    """Floats -> NUL-delimited strings holding their RFC 8785 (ECMAScript) text; (value, any found)."""
-    if isinstance(value, float):
-        return "\x00" + rfc8785.dumps(value).decode() + "\x00", True
-    if isinstance(value, dict):
-        found = False
-        out = {}
-        for k, v in value.items():
-            out[k], hit = _mark_floats(v)
-            found = found or hit
-        return out, found
-    if isinstance(value, list | tuple):
-        items = [_mark_floats(v) for v in value]
-        return [v for v, _ in items], any(hit for _, hit in items)
-    return value, False
+class _General(Exception):
+    """The value holds something the fast path does not cover: `rfc8785` decides."""
 
 
-def _fast_applies(value: Any) -> bool:
-    """The fast path is exact for what snapshots hold: str keys that are ASCII (so code-point order is
-    UTF-16 order), strings without NUL (validated at every boundary), ints within 2^53, floats."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, dict):
-            if not all(isinstance(k, str) and k.isascii() for k in item):
-                return False
-            pending.extend(item.values())
-        elif isinstance(item, list | tuple):
-            pending.extend(item)
-        elif isinstance(item, str):
-            if "\x00" in item:
-                return False
-        elif isinstance(item, bool) or item is None:
-            continue
-        elif isinstance(item, int):
-            if abs(item) > 2**53 - 1:
-                return False
-        elif not isinstance(item, float):
-            return False
-    return True
+def _float_text(value: float) -> str:
+    """ECMAScript Number::toString of a float (RFC 8785 §3.2.2.3). Python's repr is the same shortest
+    round-trip digits; integral values differ (no ".0"; exact below 2^53, where every integer is a
+    float, while above it ECMAScript pads the shortest digits with zeros), and so do the exponent
+    forms, which repr uses outside [1e-4, 1e16): those go to `rfc8785`, which also refuses NaN and
+    infinities."""
+    magnitude = abs(value)
+    if magnitude < 2**53 and value.is_integer():
+        return str(int(value))
+    if 1e-4 <= magnitude < 1e16 and not value.is_integer():  # where repr writes no exponent either
+        return repr(value)
+    return rfc8785.dumps(value).decode()
+
+
+def _marked(value: Any) -> Any:
+    """One walk: floats -> NUL-delimited strings holding their JCS text, everything else checked to be
+    what the fast path is exact for (ASCII str keys, so code-point order is UTF-16 order; strings
+    without NUL, validated at every boundary anyway; ints within 2^53); otherwise `_General`."""
+    kind = type(value)
+    if kind is str:
+        if "\x00" in value:
+            raise _General
+        return value
+    if kind is dict:
+        for key in value:
+            if type(key) is not str or not key.isascii():
+                raise _General
+        return {k: _marked(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_marked(v) for v in value]
+    if kind is int:
+        if -(2**53 - 1) <= value <= 2**53 - 1:
+            return value
+        raise _General
+    if kind is float:
+        return "\x00" + _float_text(value) + "\x00"
+    if value is None or kind is bool:
+        return value
+    raise _General
 
 
 def jcs(value: Any) -> bytes:
@@ -61,11 +64,12 @@ def jcs(value: Any) -> bytes:
     The common case runs on the C JSON encoder (same escapes and key order as RFC 8785 for ASCII
     keys; floats are formatted by `rfc8785` and spliced in); anything else, and every error, goes
     to `rfc8785` itself. A property test holds the two byte-identical."""
-    if not _fast_applies(value):
+    try:
+        marked = _marked(value)
+    except _General:
         return rfc8785.dumps(value)
-    marked, has_floats = _mark_floats(value)
     text = _ENCODE(marked)
-    if has_floats:
+    if "\\u0000" in text:  # a float's mark (strings hold no NUL, so nothing else looks like one)
         text = _NUMBER.sub(lambda m: m.group(1), text)
     return text.encode("utf-8")
 

@@ -10,8 +10,11 @@ the same merge rule (`Partial.merge`): add and cap for sums, add for counts, max
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from featureplane.pipelines.algebra import (
@@ -171,6 +174,15 @@ def plan_serving(queries: Sequence[GroupQuery], scope_id: int, group_ids: dict[t
         build = _raw_group_sql if query.bucket_us is None else _bucketed_group_sql
         parts.append(build(index, query, scope_id, gid, as_of, params))
     return ServingPlan(" UNION ALL ".join(parts), params, tuple(queries))
+
+
+@lru_cache(maxsize=512)
+def numbered(sql: str) -> str:
+    """The statement with Postgres' own `$n` placeholders: a serving statement's text depends only on the
+    groups asked for, so this runs once per shape, and the driver sends it without splitting it again
+    (psycopg re-parses `%s` statements over 4 KiB on every execution)."""
+    counter = itertools.count(1)
+    return re.sub(r"%s", lambda _: f"${next(counter)}", sql)
 
 
 def decode_rows(plan: ServingPlan, rows: Sequence[tuple[int, str, list[int | None]]]

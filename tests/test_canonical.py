@@ -24,6 +24,9 @@ def test_fast_path_equals_rfc8785(value):
 
 def test_known_vectors_and_fallbacks():
     assert jcs({"b": 1, "a": [1.5, 100.0, 1e21, 1e-7, -0.0]}) == b'{"a":[1.5,100,1e+21,1e-7,0],"b":1}'
+    # where Python's repr and ECMAScript part ways: exponents below 1e-4, integral floats past 2^53
+    edges = [6.103515625e-05, 1e-4, 4.837888872075174e16, 2.0**53, 9007199254740991.0, 1e16 + 2, 0.1, 123.456]
+    assert jcs(edges) == rfc8785.dumps(edges)
     # non-ASCII keys (UTF-16 order) and integers past 2^53 take the reference implementation itself
     assert jcs({"\U0001f600": 1, "\ufb01": 2}) == rfc8785.dumps({"\U0001f600": 1, "\ufb01": 2})
     assert sha256_ref({"a": 1}) == "sha256:015abd7f5cc57a2dd94b7590f04ad8084273905ee33ec5cebeae62276a97f862"
