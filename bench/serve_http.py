@@ -2,6 +2,11 @@
 clients, and in the same run the same server returning a fixed precomputed body of the same size
 (the cost of the transport alone) as the baseline. Bounded runs against 127.0.0.1. Prints JSON.
 
+Also, as the floor of the stack: the same fixed body after the two Postgres round trips any served
+snapshot makes (read the basis in a repeatable-read transaction; insert the body durably and
+commit), with no feature work at all. No serving design that keeps "durable before returned" can
+beat it, so its ratio to the baseline bounds what get_features can reach on this machine.
+
     python bench/serve_http.py [--transactions 20000] [--seconds 6] [--workers 2]
 """
 
@@ -129,9 +134,12 @@ def main() -> None:
             for clients in (int(c) for c in args.levels.split(",")):
                 features = run_level(port, "/v1/get-features", bodies, clients, args.seconds)
                 baseline = run_level(port, "/v1/baseline", bodies, clients, args.seconds)
+                floor = run_level(port, "/v1/floor", bodies, clients, args.seconds)
                 figures["levels"][str(clients)] = {
-                    "get_features": features, "fixed_body_baseline": baseline,
-                    "ratio_requests_per_s": round(features["requests_per_s"] / baseline["requests_per_s"], 3)}
+                    "get_features": features, "fixed_body_baseline": baseline, "durable_write_floor": floor,
+                    "ratio_requests_per_s": round(features["requests_per_s"] / baseline["requests_per_s"], 3),
+                    "floor_ratio_requests_per_s": round(floor["requests_per_s"] / baseline["requests_per_s"], 3),
+                    "get_features_vs_floor": round(features["requests_per_s"] / floor["requests_per_s"], 3)}
             figures["goal"] = "at 8 clients, get_features requests/s >= 0.5x the fixed-body baseline"
         finally:
             proc.terminate()

@@ -73,6 +73,7 @@ def run_workers(app: Any, *, until_idle: bool, poll_seconds: float = 1.0,
     live = Membership(app.db, ofp.owner)
     ofp.share = context.share = live.share
     stats = WorkerStats()
+    _analyzed.update(applied=0, at=-ANALYZE_EVERY_SECONDS)  # this run's count starts at 0
     context_stats = ContextStats()
     archived = ArchiveStats()
     deadline = time.monotonic() + timeout_seconds
@@ -127,6 +128,7 @@ def _one_pass(app: Any, ofp: OfpWorker, context: ContextWorker, archive: Archive
     """Drain every consumer once; True when `until_idle` is satisfied (every partition at its end)."""
     before = (stats.batches, stats.failures, context_stats.batches, archived.commits)
     ofp.run_until_idle(stats)
+    refresh_statistics(app, stats)
     if app.settings.retention_us is not None:
         with app.db.transaction() as conn:
             enforce_retention(conn, app.settings.retention_us)
@@ -147,6 +149,26 @@ def _one_pass(app: Any, ofp: OfpWorker, context: ContextWorker, archive: Archive
     elif idle and not flushed:
         time.sleep(poll_seconds)
     return False
+
+
+ANALYZE_AFTER_ROWS = 20_000
+ANALYZE_EVERY_SECONDS = 60.0
+_analyzed = {"applied": 0, "at": -ANALYZE_EVERY_SECONDS}
+
+
+def refresh_statistics(app: Any, stats: WorkerStats) -> None:
+    """Keep the planner's statistics of the state tables current after the worker has applied many rows.
+
+    Serving plans its statement once per connection (generic plans); on a freshly filled partition
+    without statistics, Postgres picks a skip scan of another key's index over the time range
+    (measured 5.4 ms instead of 0.7 ms per request). Autovacuum catches up within a minute or so;
+    the worker, which knows it has just applied many rows, does it at once, at most once a minute."""
+    now = time.monotonic()
+    if stats.applied - _analyzed["applied"] < ANALYZE_AFTER_ROWS or now - _analyzed["at"] < ANALYZE_EVERY_SECONDS:
+        return
+    with contextlib.suppress(*TRANSIENT_ERRORS), app.db.connect(autocommit=True) as conn:
+        conn.execute("ANALYZE")  # every table: a sample of 30k rows each, about a second at 1M events
+    _analyzed.update(applied=stats.applied, at=now)
 
 
 def write_reconciliations(app: Any) -> list[dict[str, Any]]:
