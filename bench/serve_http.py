@@ -5,7 +5,8 @@ clients, and in the same run the same server returning a fixed precomputed body 
 Also, as the floor of the stack: the same fixed body after the two Postgres round trips any served
 snapshot makes (read the basis in a repeatable-read transaction; insert the body durably and
 commit), with no feature work at all. No serving design that keeps "durable before returned" can
-beat it, so its ratio to the baseline bounds what get_features can reach on this machine.
+beat it, so its ratio to the baseline bounds what get_features can reach on this machine. And the
+same body after one autocommit read of the basis only: what any answer drawn from Postgres costs.
 
     python bench/serve_http.py [--transactions 20000] [--seconds 6] [--workers 2]
 """
@@ -135,10 +136,14 @@ def main() -> None:
                 features = run_level(port, "/v1/get-features", bodies, clients, args.seconds)
                 baseline = run_level(port, "/v1/baseline", bodies, clients, args.seconds)
                 floor = run_level(port, "/v1/floor", bodies, clients, args.seconds)
+                read_floor = run_level(port, "/v1/floor-read", bodies, clients, args.seconds)
                 figures["levels"][str(clients)] = {
                     "get_features": features, "fixed_body_baseline": baseline, "durable_write_floor": floor,
+                    "one_read_floor": read_floor,
                     "ratio_requests_per_s": round(features["requests_per_s"] / baseline["requests_per_s"], 3),
                     "floor_ratio_requests_per_s": round(floor["requests_per_s"] / baseline["requests_per_s"], 3),
+                    "read_floor_ratio_requests_per_s": round(read_floor["requests_per_s"]
+                                                             / baseline["requests_per_s"], 3),
                     "get_features_vs_floor": round(features["requests_per_s"] / floor["requests_per_s"], 3)}
             figures["goal"] = "at 8 clients, get_features requests/s >= 0.5x the fixed-body baseline"
         finally:

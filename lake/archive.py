@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+from deltalake import DeltaTable
 
-from featureplane.lake.delta import DeltaLake
+from featureplane.lake.delta import DeltaLake, marker_of
 from featureplane.online.bus.base import BusCorrupt, EventBus
 from featureplane.online.checkpoints import clear_blocks, record_block
 from featureplane.pipelines.errors import TerminalError, TransientError
@@ -86,9 +87,10 @@ def table_name(stream: str) -> str:
     return f"archive/{stream}"
 
 
-def archive_progress(lake: DeltaLake, stream: str) -> dict[int, int]:
-    """Exclusive-next offset per partition up to which the archive of `stream` is complete."""
-    found = lake.marker(table_name(stream))
+def archive_progress(lake: DeltaLake, stream: str, table: DeltaTable | None = None) -> dict[int, int]:
+    """Exclusive-next offset per partition up to which the archive of `stream` is complete (of the
+    already opened `table` when given: the same version a scan of it then reads)."""
+    found = lake.marker(table_name(stream)) if table is None else marker_of(table)
     return {} if found is None else {int(p): parse_offset(o) for p, o in found[1].items()}
 
 
@@ -192,18 +194,20 @@ def read_basis(lake: DeltaLake, stream: str, basis: dict[int, int]) -> pa.Table:
     return frame.sort("partition", *order_keys()).to_arrow().cast(ARCHIVE_SCHEMA)
 
 
-def has_typed_columns(lake: DeltaLake, stream: str) -> bool:
-    table = lake.table(table_name(stream))
+def has_typed_columns(lake: DeltaLake, stream: str, table: DeltaTable | None = None) -> bool:
+    table = lake.table(table_name(stream)) if table is None else table
     return table is not None and "reject_reason" in pa.schema(table.schema().to_arrow()).names
 
 
 def scan_basis(lake: DeltaLake, stream: str, basis: dict[int, int], columns: list[str],
-               where: pc.Expression | None = None) -> pl.DataFrame | None:
+               where: pc.Expression | None = None, table: DeltaTable | None = None) -> pl.DataFrame | None:
     """`partition`, `offset` (text) and `columns` of the archived rows of `stream` inside the basis
     (offset < basis[partition]), reading only those columns (and, with `where`, only the row groups
     that can match it); None when the basis is empty. Fails closed when the archive does not cover
-    the basis (nothing is ever "latest")."""
-    progress = archive_progress(lake, stream)
+    the basis (nothing is ever "latest"). The table is opened once (or `table` is used): progress and
+    rows come from one version."""
+    table = lake.table(table_name(stream)) if table is None else table
+    progress = {} if table is None else archive_progress(lake, stream, table)
     short = {p: (o, progress.get(p, 0)) for p, o in basis.items() if progress.get(p, 0) < o}
     if short:
         detail = ", ".join(f"partition {p}: basis {o} > archived {a}" for p, (o, a) in sorted(short.items()))
@@ -211,7 +215,6 @@ def scan_basis(lake: DeltaLake, stream: str, basis: dict[int, int], columns: lis
     wanted = {p: o for p, o in basis.items() if o > 0}
     if not wanted:
         return None
-    table = lake.table(table_name(stream))
     if table is None:  # pragma: no cover - progress > 0 implies the table exists
         raise ReplayBasisIncomplete(f"no archive table for {stream}")
     condition = pc.field("partition").isin(sorted(wanted))

@@ -45,18 +45,21 @@ class DeltaLake:
     def marker(self, name: str, marker_key: str = "fp.progress") -> tuple[int, Any] | None:
         """(version, marker) of the newest commit that carries `marker_key`, or None."""
         table = self.table(name)
-        if table is None:
-            return None
-        for entry in table.history(limit=HISTORY_SCAN):
-            if marker_key in entry:
-                return int(entry["version"]), json.loads(entry[marker_key])
-        return None
+        return None if table is None else marker_of(table, marker_key)
 
     def read(self, name: str, columns: list[str] | None = None, filter_expr: Any = None) -> pa.Table | None:
         table = self.table(name)
         if table is None:
             return None
         return table.to_pyarrow_dataset().to_table(columns=columns, filter=filter_expr)
+
+
+def marker_of(table: DeltaTable, marker_key: str = "fp.progress") -> tuple[int, Any] | None:
+    """(version, marker) of the newest commit of an opened table that carries `marker_key`, or None."""
+    for entry in table.history(limit=HISTORY_SCAN):
+        if marker_key in entry:
+            return int(entry["version"]), json.loads(entry[marker_key])
+    return None
 
 
 def open_lake(settings: LocalObjectStore | S3ObjectStore) -> DeltaLake:

@@ -9,7 +9,7 @@ from typing import Any
 import polars as pl
 import pyarrow.compute as pc
 
-from featureplane.lake.archive import has_typed_columns, read_basis, scan_basis
+from featureplane.lake.archive import has_typed_columns, read_basis, scan_basis, table_name
 from featureplane.lake.delta import DeltaLake
 from featureplane.pipelines.errors import TerminalError
 from featureplane.pipelines.positions import parse_basis
@@ -43,11 +43,13 @@ def _decoded(lake: DeltaLake, basis: dict[str, Any], stream: str,
     name, offsets = basis_offsets(basis)
     if name != stream:
         raise TerminalError("INVALID_BASIS", f"a basis of {name} where {stream} was expected")
-    if not has_typed_columns(lake, stream):
+    table = lake.table(table_name(stream))  # opened once: schema, progress and rows of one version
+    if not has_typed_columns(lake, stream, table):
         frame, _ = decode(_records(lake, basis))
         return frame
     columns = [c for c in schema if c not in ("partition", "offset")]
-    frame = scan_basis(lake, stream, offsets, [*columns, "reject_reason"], where=pc.field("reject_reason").is_null())
+    frame = scan_basis(lake, stream, offsets, [*columns, "reject_reason"], where=pc.field("reject_reason").is_null(),
+                       table=table)
     if frame is None:
         return pl.DataFrame(schema=schema)
     return frame.drop("reject_reason").cast(schema)  # type: ignore[arg-type]

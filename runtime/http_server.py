@@ -243,15 +243,16 @@ def create_app() -> Starlette:
             return Response(fixed, media_type="application/json")
 
         routes.append(Route("/v1/baseline", timed("/v1/baseline", fixed_body), methods=["POST"]))
-        floor = _durable_floor(platform, local, fixed)
-        routes.append(Route("/v1/floor", timed("/v1/floor", floor), methods=["POST"]))
+        for path, durable in (("/v1/floor", True), ("/v1/floor-read", False)):
+            routes.append(Route(path, timed(path, _stack_floor(platform, local, fixed, durable)), methods=["POST"]))
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def _durable_floor(platform: Any, local: threading.local, fixed: bytes) -> Callable[[Request], Any]:
+def _stack_floor(platform: Any, local: threading.local, fixed: bytes, durable: bool) -> Callable[[Request], Any]:
     """Benchmarks only: the least any served snapshot costs in this stack. The same fixed body, after
     the two Postgres round trips serving makes (a repeatable-read read of the basis; a durable insert
-    of the body and the commit) and nothing else: no feature read, no planning, no hashing."""
+    of the body and the commit) and nothing else: no feature read, no planning, no hashing. With
+    `durable` False, only one read of the basis (autocommit): what any answer from Postgres costs."""
     from featureplane.online.checkpoints import WATERMARKS_SQL
     from featureplane.schemas.streams import TRAFFIC
 
@@ -260,6 +261,9 @@ def _durable_floor(platform: Any, local: threading.local, fixed: bytes) -> Calla
         if conn is None:
             conn = local.floor = platform.db.connect(autocommit=True)
             conn.execute("CREATE TABLE IF NOT EXISTS bench_floor (id bigserial PRIMARY KEY, body text)")
+        if not durable:
+            conn.execute(WATERMARKS_SQL, ("ofp", TRAFFIC)).fetchall()
+            return
         with conn.pipeline():
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             cur = conn.execute(WATERMARKS_SQL, ("ofp", TRAFFIC))
