@@ -14,8 +14,9 @@ writer per stream at a time is enforced with a Postgres advisory lock.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -206,6 +207,32 @@ def scan_basis(lake: DeltaLake, stream: str, basis: dict[int, int], columns: lis
     that can match it); None when the basis is empty. Fails closed when the archive does not cover
     the basis (nothing is ever "latest"). The table is opened once (or `table` is used): progress and
     rows come from one version."""
+    found = _basis_scan(lake, stream, basis, columns, where, table)
+    if found is None:
+        return None
+    dataset, options, wanted = found
+    return _inside(pl.from_arrow(dataset.to_table(**options)), wanted)  # type: ignore[arg-type]
+
+
+def scan_basis_batches(lake: DeltaLake, stream: str, basis: dict[int, int], columns: list[str],
+                       where: pc.Expression | None = None, table: DeltaTable | None = None,
+                       batch_rows: int = 262_144) -> Iterator[pl.DataFrame]:
+    """`scan_basis` as a stream of frames of at most `batch_rows` rows (in no particular order), so a
+    pass over any history holds one batch at a time."""
+    found = _basis_scan(lake, stream, basis, columns, where, table)
+    if found is None:
+        return
+    dataset, options, wanted = found
+    for batch in dataset.to_batches(**options, batch_size=batch_rows):
+        if batch.num_rows:
+            yield _inside(pl.from_arrow(pa.Table.from_batches([batch])), wanted)  # type: ignore[arg-type]
+
+
+def _basis_scan(lake: DeltaLake, stream: str, basis: dict[int, int], columns: list[str],
+                where: pc.Expression | None, table: DeltaTable | None,
+                ) -> tuple[Any, dict[str, Any], dict[int, int]] | None:
+    """(pyarrow dataset, scan options, partitions wanted) for the rows of a basis; None when empty;
+    `ReplayBasisIncomplete` when the archive does not cover it."""
     table = lake.table(table_name(stream)) if table is None else table
     progress = {} if table is None else archive_progress(lake, stream, table)
     short = {p: (o, progress.get(p, 0)) for p, o in basis.items() if progress.get(p, 0) < o}
@@ -218,12 +245,16 @@ def scan_basis(lake: DeltaLake, stream: str, basis: dict[int, int], columns: lis
     if table is None:  # pragma: no cover - progress > 0 implies the table exists
         raise ReplayBasisIncomplete(f"no archive table for {stream}")
     condition = pc.field("partition").isin(sorted(wanted))
-    data = table.to_pyarrow_dataset().to_table(columns=["partition", "offset", *columns],
-                                               filter=condition if where is None else condition & where)
-    if data.schema.field("offset").type != pa.string():  # an archive from before decimal offsets
-        data = data.set_column(1, "offset", pc.cast(data.column("offset"), pa.string()))
-    frame = pl.from_arrow(data)
-    assert isinstance(frame, pl.DataFrame)
+    options = {"columns": ["partition", "offset", *columns],
+               "filter": condition if where is None else condition & where}
+    return table.to_pyarrow_dataset(), options, wanted
+
+
+def _inside(frame: pl.DataFrame, wanted: dict[int, int]) -> pl.DataFrame:
+    """The rows below the basis of their partition; offsets as text (an int64 archive from before
+    decimal offsets is read as text too)."""
+    if frame.schema["offset"] != pl.String:
+        frame = frame.with_columns(pl.col("offset").cast(pl.String))
     return frame.filter(pl.any_horizontal([(pl.col("partition") == p) & below(o) for p, o in sorted(wanted.items())]))
 
 
@@ -237,6 +268,7 @@ __all__ = [
     "has_typed_columns",
     "read_basis",
     "scan_basis",
+    "scan_basis_batches",
     "table_name",
     "typed_rows",
 ]

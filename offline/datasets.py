@@ -2,8 +2,9 @@
 
 A row is one transaction_event (deduplicated by position, same rule as online) inside the
 observation scope and the replay basis. Its features are the registry's definitions evaluated
-as of its own ts_utc over the archived events inside the replay basis (`rolling_features`,
-the same compiled expressions the online path uses). Its label is the assertion for its flow
+as of its own ts_utc over the archived events inside the replay basis (`rolling_features`, the
+shared algebra), computed in key shards and assembled in time chunks (`offline/shards.py`), one
+file per chunk. Its label is the assertion for its flow
 with the greatest (observed_time, position) among those observed at or before
 `label_as_of_utc`, read from the labels archive at an explicit label basis.
 """
@@ -11,10 +12,12 @@ with the greatest (observed_time, position) among those observed at or before
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -23,22 +26,26 @@ from featureplane.lake.archive import archive_progress
 from featureplane.lake.delta import DeltaLake
 from featureplane.lake.object_store import ObjectStore
 from featureplane.offline.intents import BuildIntent, dataset_fingerprint, dataset_identity, manifest_id
-from featureplane.offline.replay import labels_at, transactions_at, with_pins
+from featureplane.offline.replay import labels_at, transaction_batches, with_pins
+from featureplane.offline.shards import (
+    Layout,
+    Router,
+    assemble_chunk,
+    chunk_bounds,
+    feature_column,
+    run_units,
+    shard_count,
+    shard_values,
+)
 from featureplane.pipelines.errors import TerminalError
-from featureplane.pipelines.features import LAST_UPDATE, TS, contributions, in_range_expr, rolling_features
+from featureplane.pipelines.features import TS
 from featureplane.pipelines.positions import basis_json, order_keys
 from featureplane.pipelines.registry import GroupDef
-from featureplane.pipelines.timefmt import format_ts_expr
+from featureplane.schemas.frames import TRANSACTION_SCHEMA
 from featureplane.schemas.streams import LABELS
 
-ROW_ID = "row_id"
-BASE_COLUMNS = ("partition", "offset", "platform_run_id", "event_id", "flow_id", "ts_utc", "account_id", "card_id",
-                "customer_id", "merchant_id", "device_id", "amount_minor", "channel")
-
-
-def feature_column(group: GroupDef, feature: str) -> str:
-    """Dataset column of one feature: `<group>__v<version with _>__<feature>`, unique across versions."""
-    return f"{group.group_name}__v{group.group_version.replace('.', '_')}__{feature}"
+__all__ = ["BuiltDataset", "build_dataset", "feature_column", "manifest_key", "publish",
+           "resolve_label_basis"]
 
 
 def resolve_label_basis(lake: DeltaLake, intent: BuildIntent) -> dict[str, Any]:
@@ -60,77 +67,88 @@ def latest_labels(labels: pl.DataFrame, label_as_of_us: int) -> pl.DataFrame:
     )
 
 
-Step = Callable[[str], None]  # told each step's name as it finishes (a progress bar)
-
-
-def build_steps(intent: BuildIntent) -> int:
-    """How many steps `compute_dataset` reports: the read, one per group, the labels."""
-    return len(intent.groups) + 2
-
-
-def compute_dataset(lake: DeltaLake, intent: BuildIntent, label_basis: dict[str, Any],
-                    step: Step = lambda _: None) -> pl.DataFrame:
-    assert intent.scope_from_us is not None and intent.scope_to_us is not None
-    assert intent.label_as_of_us is not None
-    events = transactions_at(lake, intent.replay_basis)
-    step(f"read {events.height} transactions")
-    events = with_pins(events, intent.context_pins)
-    events = events.sort(TS, "partition", *order_keys(frame=events)).with_row_index(ROW_ID)
-    rows = events.filter((pl.col(TS) >= intent.scope_from_us) & (pl.col(TS) < intent.scope_to_us))
-    for group in intent.groups:
-        contribs = contributions(events, group, carry=(ROW_ID,))
-        values = rolling_features(contribs, group, ROW_ID).drop(LAST_UPDATE)
-        values = values.with_columns([in_range_expr(f, values.schema[f]) for f in group.feature_names])
-        values = values.rename({f: feature_column(group, f) for f in group.feature_names})
-        rows = rows.join(values, on=ROW_ID, how="left")
-        step(f"{group.group_name}@{group.group_version}")
-    labels = latest_labels(with_pins(labels_at(lake, label_basis), intent.context_pins), intent.label_as_of_us)
-    rows = rows.join(labels, on=["platform_run_id", "flow_id"], how="left")
-    step("labels")
-    rows = rows.with_columns(format_ts_expr(pl.col(TS)).alias("ts_utc"),
-                             format_ts_expr(pl.col("label_observed_us")).alias("label_observed_time_utc"))
-    features = [feature_column(g, f) for g in intent.groups for f in g.feature_names]
-    # ROW_ID numbers the events in (time, position) order
-    return rows.sort(ROW_ID).select(*BASE_COLUMNS, *features, "label", "label_observed_time_utc")
-
-
-def parquet_bytes(frame: pl.DataFrame) -> bytes:
-    """Deterministic Parquet: fixed compression and statistics, one row group order."""
-    buffer = io.BytesIO()
-    frame.write_parquet(buffer, compression="zstd", compression_level=3, statistics=True, row_group_size=250_000)
-    return buffer.getvalue()
+Step = Callable[[str, int], None]  # (a finished step's name, the steps known so far): a progress bar
 
 
 @dataclass(frozen=True)
 class BuiltDataset:
+    """A computed dataset: its manifest and the files on local disk (not yet published)."""
+
     manifest: dict[str, Any]
-    data: bytes
+    paths: list[Path]
+    workdir: Path
+
+    def discard(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def build_dataset(lake: DeltaLake, intent: BuildIntent, step: Step = lambda _: None) -> BuiltDataset:
-    """Compute the dataset and its manifest (not yet published)."""
+def build_dataset(lake: DeltaLake, intent: BuildIntent, step: Step = lambda _name, _total: None, *, jobs: int = 1,
+                  workdir: Path | None = None) -> BuiltDataset:
+    """Compute the dataset and its manifest in units of bounded size (`offline/shards.py`): route the
+    archive's events to key shards and time chunks, evaluate every group per shard, assemble every
+    chunk into one output file. `jobs` > 1 runs the units in a process pool."""
+    assert intent.scope_from_us is not None and intent.scope_to_us is not None
+    assert intent.label_as_of_us is not None
     label_basis = resolve_label_basis(lake, intent)
     identity = dataset_identity(intent, label_basis)
     fingerprint = dataset_fingerprint(identity)
     mid = manifest_id(fingerprint)
-    frame = compute_dataset(lake, intent, label_basis, step)
-    data = parquet_bytes(frame)
-    key = f"datasets/{mid}/part-00000.parquet"
-    counts = dict(frame.group_by("label").len().iter_rows())
+    root = Path(tempfile.mkdtemp(prefix="fp-build-", dir=workdir))
+    try:
+        layout = Layout(root)
+        scope = (intent.scope_from_us, intent.scope_to_us)
+        pins = intent.context_pins
+        total, inside = 0, []
+        for batch in transaction_batches(lake, intent.replay_basis, pins, [TS]):
+            total += batch.height
+            inside.append(batch.get_column(TS).filter((batch[TS] >= scope[0]) & (batch[TS] < scope[1])))
+        times = pl.concat(inside) if inside else pl.Series(TS, [], pl.Int64)
+        bounds = chunk_bounds(times, *scope)
+        del inside, times
+        shards = shard_count(total)
+        steps = 3 + shards * len({g.key_field for g in intent.groups}) + len(bounds) - 1
+        step(f"planned: {total} events, {shards} key shards, {len(bounds) - 1} chunks", steps)
+        router = Router(layout, intent.groups, shards, bounds)
+        columns = [c for c in TRANSACTION_SCHEMA if c not in ("partition", "offset")]
+        try:
+            for batch in transaction_batches(lake, intent.replay_basis, pins, columns):
+                router.route(batch)
+        finally:
+            router.close()
+        step("routed", steps)
+        labels = latest_labels(with_pins(labels_at(lake, label_basis), pins), intent.label_as_of_us)
+        step("labels", steps)
+        indexed = list(enumerate(intent.groups))
+        by_key: dict[str, list[tuple[int, GroupDef]]] = {}
+        for index, group in indexed:
+            by_key.setdefault(group.key_field, []).append((index, group))
+        feature_units = [(layout, key, shard, groups, scope) for key, groups in by_key.items()
+                         for shard in range(shards)]
+        run_units(shard_values, feature_units, jobs, lambda: step("features of a key shard", steps))
+        chunk_units = [(layout, c, (bounds[c], bounds[c + 1]), indexed, labels, TRANSACTION_SCHEMA)
+                       for c in range(len(bounds) - 1)]
+        chunks = run_units(assemble_chunk, chunk_units, jobs, lambda: step("a chunk assembled", steps))
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    paths = [layout.output(c) for c in range(len(chunks))]
+    files = []
+    for c, path in enumerate(paths):
+        data = path.read_bytes()
+        files.append({"key": f"datasets/{mid}/part-{c:05d}.parquet", "bytes": len(data), "rows": chunks[c]["rows"],
+                      "sha256": "sha256:" + hashlib.sha256(data).hexdigest(), "format": "parquet"})
     manifest = {
         "kind": "dataset_manifest",
         "contract_version": "ofs_public_contracts_v0",
         "manifest_id": mid,
         "dataset_fingerprint": fingerprint,
         "identity": identity,
-        "row_count": frame.height,
-        "label_counts": {"fraud": counts.get("fraud", 0), "legit": counts.get("legit", 0),
-                         "unlabeled": counts.get(None, 0)},
-        "columns": [{"name": n, "type": str(t)} for n, t in frame.schema.items()],
-        "files": [{"key": key, "sha256": "sha256:" + hashlib.sha256(data).hexdigest(), "bytes": len(data),
-                   "rows": frame.height, "format": "parquet"}],
+        "row_count": sum(c["rows"] for c in chunks),
+        "label_counts": {name: sum(c[name] for c in chunks) for name in ("fraud", "legit", "unlabeled")},
+        "columns": [{"name": n, "type": t} for n, t in chunks[0]["schema"].items()],
+        "files": files,
     }
-    return BuiltDataset(manifest, data)
+    return BuiltDataset(manifest, paths, root)
 
 
 def manifest_key(mid: str) -> str:
@@ -138,7 +156,7 @@ def manifest_key(mid: str) -> str:
 
 
 def publish(store: ObjectStore, built: BuiltDataset, produced_by: dict[str, str]) -> dict[str, Any]:
-    """Write the data file, then the manifest (the manifest last: its presence means complete).
+    """Write the data files, then the manifest (the manifest last: its presence means complete).
     An existing manifest for the same id is kept if its files match (the same dataset again)."""
     manifest = built.manifest
     key = manifest_key(manifest["manifest_id"])
@@ -148,7 +166,8 @@ def publish(store: ObjectStore, built: BuiltDataset, produced_by: dict[str, str]
             return existing
         raise TerminalError("DATASET_NOT_REPRODUCIBLE",
                             f"{manifest['manifest_id']} exists with different file digests for the same fingerprint")
-    store.put(manifest["files"][0]["key"], built.data)
+    for file, path in zip(manifest["files"], built.paths, strict=True):  # one file in memory at a time
+        store.put(file["key"], path.read_bytes())
     published = {**manifest, "produced_by": produced_by}
     store.put(key, json.dumps(published, sort_keys=True, indent=2).encode())
     return published

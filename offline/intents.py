@@ -23,7 +23,8 @@ from featureplane.schemas.streams import LABELS, TRAFFIC
 INTENT_KINDS = ("dataset_build", "parity_rebuild", "forensic_rebuild")
 INTENT_FIELDS = {"request_id", "intent_kind", "context_pins", "replay_basis", "feature_groups", "label_as_of_utc",
                  "observation_scope", "label_basis", "kind", "contract_version"}
-DATASET_FORMAT = "fp_dataset_v2"  # v2: offsets are decimal strings (Kinesis sequence numbers exceed int64)
+# v2: offsets are decimal strings (Kinesis sequence numbers exceed int64); v3: one file per time chunk
+DATASET_FORMAT = "fp_dataset_v3"
 
 
 class IntentRejected(TerminalError):

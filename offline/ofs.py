@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from featureplane.offline.datasets import build_dataset, build_steps, publish
+from featureplane.offline.datasets import build_dataset, publish
 from featureplane.offline.intents import IntentRejected, parse_intent
 from featureplane.offline.ledger import RunLedger
 from featureplane.offline.parity import check_snapshots, load_stored
@@ -29,11 +29,12 @@ def run_intent(app: Any, raw: object, progress: Callable[[int, str], None] | Non
     run = ledger.transition(run.run_key, "RUNNING", detail="publish retry" if run.state == "PUBLISH_PENDING" else "")
     try:
         if intent.intent_kind == "dataset_build":
-            total = build_steps(intent)
-            if progress:
-                progress(total, "")
-            built = build_dataset(app.lake, intent, (lambda name: progress(total, name)) if progress else
-                                  (lambda _: None))
+            def step(name: str, total: int) -> None:
+                if progress:
+                    progress(total, "")  # the total grows as the build learns its units
+                    progress(total, name)
+
+            built = build_dataset(app.lake, intent, step)
         elif intent.intent_kind == "parity_rebuild":
             result = _parity_rebuild(app, intent)
             return ledger.transition(run.run_key, "DONE", result=result).result or result
@@ -53,6 +54,8 @@ def run_intent(app: Any, raw: object, progress: Callable[[int, str], None] | Non
     except OSError as exc:
         ledger.transition(run.run_key, "PUBLISH_PENDING", reason_code="PUBLISH_FAILED", detail=type(exc).__name__)
         raise TransientError("PUBLISH_FAILED", "the dataset could not be published; run the intent again") from None
+    finally:
+        built.discard()  # the local files of the build; published or not, a retry builds again
     ledger.transition(run.run_key, "DONE", fingerprint=manifest["dataset_fingerprint"],
                       manifest_id=manifest["manifest_id"], result=manifest)
     return manifest

@@ -3,13 +3,13 @@ had applied when its checkpoint stood at that basis (same decoder, same first-po
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import polars as pl
 import pyarrow.compute as pc
 
-from featureplane.lake.archive import has_typed_columns, read_basis, scan_basis, table_name
+from featureplane.lake.archive import has_typed_columns, read_basis, scan_basis, scan_basis_batches, table_name
 from featureplane.lake.delta import DeltaLake
 from featureplane.pipelines.errors import TerminalError
 from featureplane.pipelines.positions import parse_basis
@@ -53,6 +53,26 @@ def _decoded(lake: DeltaLake, basis: dict[str, Any], stream: str,
     if frame is None:
         return pl.DataFrame(schema=schema)
     return frame.drop("reject_reason").cast(schema)  # type: ignore[arg-type]
+
+
+def transaction_batches(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, str],
+                        columns: list[str]) -> Iterator[pl.DataFrame]:
+    """The transactions inside the basis that decode and carry these pins, `columns` of them, a batch
+    at a time (duplicates not yet removed: `first_positions` wherever they meet). An archive
+    without typed columns is decoded whole, as one batch."""
+    name, offsets = basis_offsets(basis)
+    if name != TRAFFIC:
+        raise TerminalError("INVALID_BASIS", f"a basis of {name} where {TRAFFIC} was expected")
+    table = lake.table(table_name(TRAFFIC))
+    if not has_typed_columns(lake, TRAFFIC, table):
+        yield with_pins(transactions_at(lake, basis), pins).select("partition", "offset", *columns)
+        return
+    where = pc.field("reject_reason").is_null()
+    for pin, value in sorted(pins.items()):
+        where = where & (pc.field(pin) == value)
+    wanted = [c for c in columns if c not in ("partition", "offset")]
+    for batch in scan_basis_batches(lake, TRAFFIC, offsets, wanted, where=where, table=table):
+        yield batch.cast({c: t for c, t in TRANSACTION_SCHEMA.items() if c in batch.columns})  # type: ignore[arg-type]
 
 
 def transactions_at(lake: DeltaLake, basis: dict[str, Any]) -> pl.DataFrame:

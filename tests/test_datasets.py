@@ -106,7 +106,8 @@ def test_same_intent_twice_gives_the_same_fingerprint_and_identical_bytes(app, r
 
     rebuilt = build_dataset(app.lake, parse_intent(other, app.registry))
     assert rebuilt.manifest["dataset_fingerprint"] == first["dataset_fingerprint"]
-    assert rebuilt.data == data_a
+    assert rebuilt.paths[0].read_bytes() == data_a
+    rebuilt.discard()
     assert run_intent(app, other)["files"] == first["files"]
 
 
@@ -180,3 +181,40 @@ def test_publish_failure_leaves_publish_pending_and_a_publish_retry_finishes(app
 
     check = validator("dataset_manifest.schema.json")
     assert check.is_valid(manifest), list(check.iter_errors(manifest))[:1]
+
+
+def test_key_shards_and_time_chunks_change_no_row_and_a_process_pool_no_byte(app, run, monkeypatch):
+    """The build in many units (3 key shards, chunks of 60 rows, units in 2 spawned processes)
+    writes, file after file, exactly the rows of the build in one unit; the same units run
+    sequentially write the same bytes."""
+    import polars as pl
+
+    import featureplane.offline.datasets as datasets
+    from featureplane.offline.shards import chunk_bounds
+
+    parsed = parse_intent(intent(run, app), app.registry)
+    whole = datasets.build_dataset(app.lake, parsed)
+    assert len(whole.paths) == 1
+    expected = pl.read_parquet(whole.paths[0])
+    whole.discard()
+
+    monkeypatch.setattr(datasets, "shard_count", lambda events: 3)
+    monkeypatch.setattr(datasets, "chunk_bounds", lambda times, lo, hi: chunk_bounds(times, lo, hi, rows=60))
+    steps: list[tuple[str, int]] = []
+    pooled = datasets.build_dataset(app.lake, parsed, lambda name, total: steps.append((name, total)), jobs=2)
+    sequential = datasets.build_dataset(app.lake, parsed)
+    try:
+        assert len(pooled.paths) >= 4  # several chunks
+        assert [p.read_bytes() for p in pooled.paths] == [p.read_bytes() for p in sequential.paths]
+        assert pooled.manifest == sequential.manifest
+        parts = [pl.read_parquet(p) for p in pooled.paths]
+        assert all(part.height > 0 for part in parts)
+        assert pl.concat(parts).equals(expected)
+        assert pooled.manifest["row_count"] == expected.height
+        assert pooled.manifest["dataset_fingerprint"] == whole.manifest["dataset_fingerprint"]
+        # the progress: every unit reported once, against the total the plan announced
+        total = steps[0][1]
+        assert len(steps) == total == 3 + 3 * 5 + len(pooled.paths)
+    finally:
+        pooled.discard()
+        sequential.discard()

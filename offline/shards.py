@@ -1,0 +1,204 @@
+"""Dataset builds in units of bounded size: key shards and time chunks.
+
+A build is three steps, each a set of independent units that read and write files in a work
+directory, so memory is bounded by the largest unit, not by history:
+
+1. route: one pass over the archive at the replay basis, a batch at a time, writes each event to
+   the shard of every key type that reads it (a hash of the key, `shard_of`) and, when it lies in
+   the observation scope, to the time chunk of its output row. Duplicates of an event carry the
+   same keys and time, so they meet in the same shard and chunk, where the first-position rule
+   keeps one (the same one everywhere: the first position).
+2. features (`shard_values`): per (key type, shard), every group of that key type evaluated by the
+   shared algebra (`rolling_features`) over the shard's events; the values of in-scope rows are
+   written sorted by time.
+3. assemble (`assemble_chunk`): per time chunk, its rows joined with every group's values for that
+   time range and with the labels, in (time, position) order: one output file per chunk.
+
+The output files depend only on the data and `CHUNK_ROWS`, never on how keys were sharded. Units
+2 and 3 are plain functions of paths and values: a process pool runs them here (`run_units`), and
+an engine such as Ray or Spark could run them as they are.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from featureplane.pipelines.features import LAST_UPDATE, TS, contributions, in_range_expr, rolling_features
+from featureplane.pipelines.positions import order_keys
+from featureplane.pipelines.registry import GroupDef
+from featureplane.pipelines.timefmt import format_ts_expr
+from featureplane.schemas.records import first_positions
+
+UID = "uid"  # a build-local number of each archived record: joins its output row to its feature values
+SHARD_EVENTS = 500_000  # events per key shard (the unit of feature work)
+CHUNK_ROWS = 500_000  # output rows per file (the unit of assembly)
+ROW_COLUMNS = ("partition", "offset", "platform_run_id", "event_id", "flow_id", TS, "account_id", "card_id",
+               "customer_id", "merchant_id", "device_id", "amount_minor", "channel")
+OUTPUT_BASE = ("partition", "offset", "platform_run_id", "event_id", "flow_id", "ts_utc", "account_id", "card_id",
+               "customer_id", "merchant_id", "device_id", "amount_minor", "channel")
+IDENTITY = ("partition", "offset", "platform_run_id", "event_id")  # what the first-position rule reads
+
+
+def feature_column(group: GroupDef, feature: str) -> str:
+    """Dataset column of one feature: `<group>__v<version with _>__<feature>`, unique across versions."""
+    return f"{group.group_name}__v{group.group_version.replace('.', '_')}__{feature}"
+
+
+def shard_of(key: pl.Expr, shards: int) -> pl.Expr:
+    """The key shard of an entity key. Any hash serves (a shard only decides which unit computes a
+    key; no output byte depends on it); polars' is fast and fixed within one build."""
+    return (key.hash(seed=0x6670) % shards).cast(pl.Int32)
+
+
+def shard_count(events: int) -> int:
+    return max(1, math.ceil(events / SHARD_EVENTS))
+
+
+def chunk_bounds(times: pl.Series, scope_from: int, scope_to: int, rows: int = CHUNK_ROWS) -> list[int]:
+    """Boundaries b0 < b1 < ... < bn of the output files, from the in-scope event times: chunk i holds
+    the rows with b_i <= ts < b_(i+1), about `rows` each; the rows of one instant stay together."""
+    ordered = times.sort()
+    cuts = [scope_from]
+    for i in range(rows, len(ordered), rows):
+        if ordered[i] > cuts[-1]:
+            cuts.append(int(ordered[i]))
+    return [*cuts, scope_to]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The files of one build's units."""
+
+    root: Path
+
+    def events(self, key_field: str, shard: int) -> Path:
+        return self.root / f"events-{key_field}-{shard:05d}.parquet"
+
+    def rows(self, chunk: int) -> Path:
+        return self.root / f"rows-{chunk:05d}.parquet"
+
+    def values(self, group_index: int, shard: int) -> Path:
+        return self.root / f"values-{group_index:03d}-{shard:05d}.parquet"
+
+    def values_of(self, group_index: int) -> list[Path]:
+        return sorted(self.root.glob(f"values-{group_index:03d}-*.parquet"))
+
+    def output(self, chunk: int) -> Path:
+        return self.root / f"part-{chunk:05d}.parquet"
+
+
+class Router:
+    """Step 1: spreads batches of archived events over key shards and time chunks (parquet files
+    appended to batch by batch; one open writer per file)."""
+
+    def __init__(self, layout: Layout, groups: Sequence[GroupDef], shards: int, bounds: list[int]) -> None:
+        self.layout, self.shards, self.bounds = layout, shards, bounds
+        self.columns: dict[str, list[str]] = {}  # key field -> the columns its groups read
+        for group in groups:
+            wanted = self.columns.setdefault(group.key_field, [UID, *IDENTITY, TS, group.key_field])
+            wanted += [f for f in group.fields if f not in wanted]
+        self._writers: dict[Path, pq.ParquetWriter] = {}
+        self.next_uid = 0
+
+    def route(self, batch: pl.DataFrame) -> None:
+        batch = batch.with_columns(pl.int_range(self.next_uid, self.next_uid + batch.height, dtype=pl.Int64).alias(UID))
+        self.next_uid += batch.height
+        for key_field, columns in self.columns.items():
+            keyed = batch.filter(pl.col(key_field).is_not_null()).select(columns)
+            parts = keyed.with_columns(shard_of(pl.col(key_field), self.shards).alias("_shard"))
+            for (shard,), part in parts.partition_by("_shard", as_dict=True, include_key=False).items():
+                self._write(self.layout.events(key_field, int(shard)), part)  # type: ignore[arg-type]
+        inside = batch.filter((pl.col(TS) >= self.bounds[0]) & (pl.col(TS) < self.bounds[-1])).select(UID, *ROW_COLUMNS)
+        cuts = pl.Series(self.bounds[1:-1], dtype=pl.Int64)
+        chunks = inside.with_columns(cuts.search_sorted(inside[TS], side="right").cast(pl.Int32).alias("_chunk"))
+        for (chunk,), part in chunks.partition_by("_chunk", as_dict=True, include_key=False).items():
+            self._write(self.layout.rows(int(chunk)), part)  # type: ignore[arg-type]
+
+    def _write(self, path: Path, part: pl.DataFrame) -> None:
+        table = part.to_arrow()
+        writer = self._writers.get(path)
+        if writer is None:
+            writer = self._writers[path] = pq.ParquetWriter(path, table.schema, compression="lz4")
+        writer.write_table(table)
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+
+
+def group_values(events: pl.DataFrame, group: GroupDef) -> pl.DataFrame:
+    """`uid` and the group's dataset columns as of each event (out-of-range values null)."""
+    values = rolling_features(contributions(events, group, carry=(UID,)), group, UID).drop(LAST_UPDATE)
+    values = values.with_columns([in_range_expr(f, values.schema[f]) for f in group.feature_names])
+    return values.rename({f: feature_column(group, f) for f in group.feature_names})
+
+
+def shard_values(layout: Layout, key_field: str, shard: int, groups: list[tuple[int, GroupDef]],
+                 scope: tuple[int, int]) -> None:
+    """Step 2 for one (key type, shard): each group's features as of every in-scope event of the
+    shard, written to `layout.values(group_index, shard)` sorted by time."""
+    path = layout.events(key_field, shard)
+    if not path.exists():
+        return
+    events = first_positions(pl.read_parquet(path))
+    times = events.select(UID, TS).filter((pl.col(TS) >= scope[0]) & (pl.col(TS) < scope[1]))
+    for index, group in groups:
+        group_values(events, group).join(times, on=UID, how="inner").sort(TS).write_parquet(layout.values(index, shard),
+                                                                        compression="lz4", statistics=True)
+
+
+def assemble_chunk(layout: Layout, chunk: int, bounds: tuple[int, int], groups: list[tuple[int, GroupDef]],
+                   labels: pl.DataFrame, events_schema: dict[str, pl.DataType]) -> dict[str, Any]:
+    """Step 3 for one time chunk: its rows, their feature values and labels, in (time, position)
+    order, written to `layout.output(chunk)`; returns its row and label counts."""
+    path = layout.rows(chunk)
+    empty = pl.DataFrame(schema=events_schema).with_columns(pl.lit(0, pl.Int64).alias(UID))
+    rows = first_positions(pl.read_parquet(path)) if path.exists() else empty.select(UID, *ROW_COLUMNS)
+    lo, hi = bounds
+    features: list[str] = []
+    for index, group in groups:
+        names = [feature_column(group, f) for f in group.feature_names]
+        features += names
+        files = layout.values_of(index)
+        values = (pl.scan_parquet(files).filter((pl.col(TS) >= lo) & (pl.col(TS) < hi)).select(UID, *names).collect()
+                  if files else group_values(empty, group))  # no events of its key type: its typed columns
+        rows = rows.join(values, on=UID, how="left")
+    rows = rows.join(labels, on=["platform_run_id", "flow_id"], how="left")
+    rows = rows.with_columns(format_ts_expr(pl.col(TS)).alias("ts_utc"),
+                             format_ts_expr(pl.col("label_observed_us")).alias("label_observed_time_utc"))
+    out = (rows.sort(TS, "partition", *order_keys(frame=rows))
+           .select(*OUTPUT_BASE, *features, "label", "label_observed_time_utc"))
+    out.write_parquet(layout.output(chunk), compression="zstd", compression_level=3, statistics=True,
+                      row_group_size=250_000)
+    counts = dict(out.group_by("label").len().iter_rows())
+    return {"rows": out.height, "fraud": counts.get("fraud", 0), "legit": counts.get("legit", 0),
+            "unlabeled": counts.get(None, 0), "schema": {n: str(t) for n, t in out.schema.items()}}
+
+
+def run_units(function: Callable[..., Any], units: Iterable[tuple[Any, ...]], jobs: int,
+              done: Callable[[], None] = lambda: None) -> list[Any]:
+    """Run `function(*unit)` for every unit, in order of the results; in a pool of `jobs` processes
+    (spawned: a fork of a process running polars' thread pool may hang) when jobs > 1."""
+    units = list(units)
+    if jobs <= 1 or len(units) <= 1:
+        results = []
+        for unit in units:
+            results.append(function(*unit))
+            done()
+        return results
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(function, *unit) for unit in units]
+        results = []
+        for future in futures:
+            results.append(future.result())
+            done()
+        return results
