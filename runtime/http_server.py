@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +32,7 @@ STATUS_OF = {"INVALID_REQUEST": 400, "INVALID_HASH": 400, "NOT_FOUND": 404, "UNA
 FLUSH_SECONDS = 2.0  # how often a serving process persists its outbox (one flusher at a time, advisory lock)
 SERVERS_PER_PROCESS = 4  # connections serving get_features per worker process (2 cores: more only queue)
 BASELINE_ENV = "FP_SERVE_BASELINE_BYTES"  # benchmarks only: add a route returning a fixed body of this size
+SUPERVISED_ENV = "FP_SERVE_SUPERVISOR_PID"  # set by `fp serve --workers N` for its worker processes
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -211,10 +213,19 @@ def create_app() -> Starlette:
             with contextlib.suppress(Exception):  # durable in the outbox; retried next time
                 flush_outbox(platform.db, platform.store, platform.lake)
 
+    def orphan_watch(parent: int) -> None:
+        """A worker whose supervisor died (kill -9) stops gracefully instead of serving on unseen."""
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         flusher = threading.Thread(target=flush_loop, name="outbox-flusher", daemon=True)
         flusher.start()
+        if os.environ.get(SUPERVISED_ENV) == str(os.getppid()):  # a worker process of `fp serve --workers N`
+            threading.Thread(target=orphan_watch, args=(os.getppid(),), name="orphan-watch", daemon=True).start()
         yield
         stop.set()  # in-flight requests have finished when uvicorn runs the shutdown
         flusher.join(timeout=FLUSH_SECONDS + 5)
@@ -301,6 +312,8 @@ def serve(host: str, port: int, workers: int, graceful_seconds: float = 30.0) ->
 
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fp-metrics-")
+    if workers > 1:
+        os.environ[SUPERVISED_ENV] = str(os.getpid())  # the workers watch for this supervisor
     # our own listening socket with TCP_NODELAY, which accepted connections inherit: uvicorn writes a
     # response's headers and body apart, and with Nagle on, the body waits for a delayed ACK (40 ms)
     import socket

@@ -3,6 +3,7 @@ metrics, readiness, the same hash as in process, and a graceful shutdown."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -47,7 +48,7 @@ def served(app, fp_home):
     env = {**os.environ, "FP_PG_DSN": app.db.dsn.reveal(), "FP_HOME": str(fp_home), "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "featureplane.runtime.cli", "serve", "--port", str(port),
                              "--workers", "2", "--graceful-seconds", "10"], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -63,9 +64,33 @@ def served(app, fp_home):
     try:
         yield base, plan, proc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+        _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server and its worker processes (its own session), SIGKILL after 30 s: the test
+    suite leaves nothing running."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_get_features_over_http_has_the_in_process_hash(app, served):
@@ -168,3 +193,18 @@ def test_sigterm_lets_in_flight_requests_finish(served):
     assert proc.wait(timeout=60) == 0
     assert results and all(code in (200, -1) for code in results)  # none cut off mid-answer
     assert results[0] == 200
+    deadline = time.monotonic() + 15  # and its worker processes are gone with it
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _group_alive(proc.pid)
+
+
+def test_workers_stop_when_their_supervisor_is_killed(served):
+    """`kill -9` of `fp serve` leaves no worker serving on unseen: each notices and stops."""
+    _, _, proc = served
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _group_alive(proc.pid)
