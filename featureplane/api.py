@@ -113,6 +113,19 @@ class FeaturePlane:
         app = self._ready()
         return run_parity(app.db, app.store, app.lake, app.registry, run_id=run_id, sample=sample, seed=seed)
 
+    def report(self, out: str | os.PathLike[str] | None = None, *, dataset: str | None = None,
+               run_id: str | None = None) -> Path:
+        """Write the HTML report (what `fp report` draws) and return its path.
+
+        >>> with FeaturePlane(home="/tmp/fp") as fp:          # doctest: +SKIP
+        ...     fp.report("run.html", run_id="run_sim_000007").name
+        'run.html'
+        """
+        from featureplane.runtime.report_page import write_report
+
+        where, _, _ = write_report(self._ready(), None if out is None else Path(out), dataset=dataset, run_id=run_id)
+        return where
+
     def health(self) -> dict[str, Any]:
         """GREEN/AMBER/RED per component, counters and lag (what `fp health` prints)."""
         from featureplane.online.health import health_report

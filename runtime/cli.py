@@ -379,20 +379,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from featureplane.runtime.app import App
-    from featureplane.runtime.report import gather
-    from featureplane.runtime.report_page import render
+    from featureplane.runtime.report_page import write_report
 
     app = App()
     app.init()
-    data = gather(app, dataset=args.dataset, run_id=args.run_id)
-    out = Path(args.out) if args.out else app.settings.home / "reports" / f"report-{data.generated_at}.html"
-    page = render(data).encode()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(page)
-    except OSError as exc:
-        raise TerminalError("OUTPUT_UNWRITABLE", f"{str(out)!r} cannot be written ({exc.strerror})") from None
-    _print_json({"report": str(out), "bytes": len(page), "partitions": len(data.progress),
+    where, data, size = write_report(app, Path(args.out) if args.out else None, dataset=args.dataset,
+                                     run_id=args.run_id)
+    _print_json({"report": str(where), "bytes": size, "partitions": len(data.progress),
                  "snapshots": data.snapshots, "parity_runs": len(data.parity), "dataset": data.dataset_id,
                  "failure_reasons": len(data.failures)})
     return EXIT_OK

@@ -121,13 +121,10 @@ def run_demo(*, transactions: int = 2000, seed: int = 7, requests: int = 200) ->
         "transactions_applied_now": ofp["applied"], "snapshots": len(ok), "dataset_rows":
         manifest["row_count"] if manifest else 0, "parity_matched": parity["matched"],
         "parity_checked": parity["checked"], "seconds": round(time.perf_counter() - started, 1)})
-    from featureplane.runtime.report import gather
-    from featureplane.runtime.report_page import render
+    from featureplane.runtime.report_page import write_report
 
     with console.status("7. report"):
-        page = app.settings.home / "reports" / "demo.html"
-        page.parent.mkdir(parents=True, exist_ok=True)
-        page.write_text(render(gather(app, run_id=plan.pins()["run_id"])), encoding="utf-8")
+        page, _, _ = write_report(app, app.settings.home / "reports" / "demo.html", run_id=plan.pins()["run_id"])
     console.print(f"7. report: {page} (open it in a browser; `fp report` draws it again at any time)")
     figures["report"] = str(page)
     summary = Table(title="featureplane demo: summary")

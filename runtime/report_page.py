@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import io
 import math
+from pathlib import Path
 
 import matplotlib
 
@@ -18,7 +19,8 @@ matplotlib.use("Agg")  # no display: render to SVG only
 import matplotlib.pyplot as plt
 import numpy as np
 
-from featureplane.runtime.report import ReportData, Series
+from featureplane.pipelines.errors import TerminalError
+from featureplane.runtime.report import ReportData, Series, gather
 
 plt.rcParams.update({"svg.fonttype": "path", "font.size": 9, "axes.spines.top": False,
                      "axes.spines.right": False, "figure.dpi": 96})
@@ -181,3 +183,18 @@ def render(data: ReportData) -> str:
             f"</title><style>{STYLE}</style></head><body><h1>featureplane report</h1>"
             f"<p class=\"meta\">profile {html.escape(data.profile)}, {html.escape(scope)}, generated "
             f"{data.generated_at}</p>{body}<script>{CHECK}</script></body></html>")
+
+
+def write_report(app: object, out: Path | None = None, *, dataset: str | None = None,
+                 run_id: str | None = None) -> tuple[Path, ReportData, int]:
+    """Gather, draw and write the page (default FP_HOME/reports/report-<time>.html); returns where,
+    what it shows and its size in bytes."""
+    data = gather(app, dataset=dataset, run_id=run_id)  # type: ignore[arg-type]
+    where = out or app.settings.home / "reports" / f"report-{data.generated_at}.html"  # type: ignore[attr-defined]
+    page = render(data).encode()
+    try:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        where.write_bytes(page)
+    except OSError as exc:
+        raise TerminalError("OUTPUT_UNWRITABLE", f"{str(where)!r} cannot be written ({exc.strerror})") from None
+    return where, data, len(page)

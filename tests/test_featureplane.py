@@ -59,3 +59,6 @@ def test_feature_plane_serves_fetches_queries_builds_and_proves(app, fp_home, mo
                                     flow["payload"]["flow_id"])
         assert answer["readiness"] == "READY"
         assert fp.health()["status"] in ("GREEN", "AMBER")
+        page = fp.report(fp_home / "r.html", run_id=plan.pins()["run_id"])
+        text = page.read_text(encoding="utf-8")
+        assert page == fp_home / "r.html" and 'data-plot="parity"' in text and 'data-plot="freshness"' in text
