@@ -33,6 +33,7 @@ from featureplane.offline.shards import (
     assemble_chunk,
     chunk_bounds,
     feature_column,
+    later_copies,
     run_units,
     shard_count,
     shard_values,
@@ -106,7 +107,7 @@ def build_dataset(lake: DeltaLake, intent: BuildIntent, step: Step = lambda _nam
         bounds = chunk_bounds(times, *scope)
         del inside, times
         shards = shard_count(total)
-        steps = 3 + shards * len({g.key_field for g in intent.groups}) + len(bounds) - 1
+        steps = 4 + shards * len({g.key_field for g in intent.groups}) + len(bounds) - 1
         step(f"planned: {total} events, {shards} key shards, {len(bounds) - 1} chunks", steps)
         router = Router(layout, intent.groups, shards, bounds)
         columns = [c for c in TRANSACTION_SCHEMA if c not in ("partition", "offset")]
@@ -122,10 +123,12 @@ def build_dataset(lake: DeltaLake, intent: BuildIntent, step: Step = lambda _nam
         by_key: dict[str, list[tuple[int, GroupDef]]] = {}
         for index, group in indexed:
             by_key.setdefault(group.key_field, []).append((index, group))
-        feature_units = [(layout, key, shard, groups, scope) for key, groups in by_key.items()
+        skipped = pl.concat([later_copies(layout, shard) for shard in range(shards)])
+        step(f"{skipped.height} later copies of events left out", steps)
+        feature_units = [(layout, key, shard, groups, scope, skipped) for key, groups in by_key.items()
                          for shard in range(shards)]
         run_units(shard_values, feature_units, jobs, lambda: step("features of a key shard", steps))
-        chunk_units = [(layout, c, (bounds[c], bounds[c + 1]), indexed, labels, TRANSACTION_SCHEMA)
+        chunk_units = [(layout, c, (bounds[c], bounds[c + 1]), indexed, labels, TRANSACTION_SCHEMA, skipped)
                        for c in range(len(bounds) - 1)]
         chunks = run_units(assemble_chunk, chunk_units, jobs, lambda: step("a chunk assembled", steps))
     except BaseException:

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from featureplane.lake.delta import DeltaLake
 from featureplane.lake.object_store import ObjectStore
-from featureplane.offline.replay import transactions_at, with_pins
+from featureplane.offline.replay import transaction_batches
 from featureplane.online.snapshot_store import load_snapshot, stored_refs
 from featureplane.pipelines.errors import FpError
 from featureplane.pipelines.features import AS_OF, KEY, contributions, point_features
@@ -30,6 +30,8 @@ from featureplane.pipelines.registry import Registry
 from featureplane.pipelines.requests import CONTRACT_VERSION, FeatureRequest
 from featureplane.pipelines.snapshot import assemble, hashed_payload, snapshot_hash
 from featureplane.runtime.postgres import Database
+from featureplane.schemas.frames import TRANSACTION_SCHEMA
+from featureplane.schemas.records import first_positions
 from featureplane.schemas.requests import parse_request
 
 PARITY_TABLE = "audit/parity_results"
@@ -78,15 +80,21 @@ def _request_of(stored: dict[str, Any], registry: Registry) -> FeatureRequest:
 
 def rebuild_batch(lake: DeltaLake, registry: Registry, basis: dict[str, Any], pins: dict[str, str],
                   requests: list[FeatureRequest]) -> list[dict[str, Any]]:
-    """Rebuild the responses for requests that share one basis and one set of pins."""
-    frame = transactions_at(lake, basis)
-    frame = with_pins(frame, pins)
+    """Rebuild the responses for requests that share one basis and one set of pins. Only the archived
+    events of the requested keys are read (filtered as the archive is scanned, a batch at a time):
+    memory follows the requests, not the history."""
     queries: dict[tuple[str, str], set[tuple[str, int]]] = defaultdict(set)
+    keys: dict[str, set[str]] = defaultdict(set)
     for request in requests:
         for group in request.groups:
             for key_type, key_id in request.keys:
                 if key_type == group.key_type:
                     queries[group.ref].add((key_id, request.as_of_us))
+                    keys[group.key_field].add(key_id)
+    columns = [c for c in TRANSACTION_SCHEMA if c not in ("partition", "offset")]
+    batches = list(transaction_batches(lake, basis, pins, columns, {f: sorted(ids) for f, ids in keys.items()}))
+    frame = pl.concat(batches) if batches else pl.DataFrame(schema=TRANSACTION_SCHEMA)
+    frame = frame.join(first_copies(lake, basis, pins, frame), on=IDENTITY, how="semi")
     # every (group, key, as-of) asked in the batch, evaluated in one vectorised pass per group
     found: dict[tuple[str, str, str, int], dict[str, Any]] = {}
     for ref, wanted in queries.items():
@@ -102,6 +110,19 @@ def rebuild_batch(lake: DeltaLake, registry: Registry, basis: dict[str, Any], pi
                            if key_type == g.key_type}, basis)
         for request in requests
     ]
+
+
+IDENTITY = ["platform_run_id", "event_id", "partition", "offset"]
+
+
+def first_copies(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, str], frame: pl.DataFrame) -> pl.DataFrame:
+    """The first position of every event id in `frame`, looked up across the whole basis (a second scan
+    reading only the ids): a copy of an event at a later position is skipped online even when its
+    keys differ from the first copy's, so a filter by key alone could not decide it."""
+    ids = sorted(set(frame["event_id"].to_list()))
+    copies = list(transaction_batches(lake, basis, pins, ["platform_run_id", "event_id"], {"event_id": ids}))
+    every = pl.concat(copies) if copies else frame.select(IDENTITY)
+    return first_positions(every.select(IDENTITY))
 
 
 def check_snapshots(lake: DeltaLake, registry: Registry, stored: list[dict[str, Any]],

@@ -3,6 +3,8 @@ had applied when its checkpoint stood at that basis (same decoder, same first-po
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -55,21 +57,28 @@ def _decoded(lake: DeltaLake, basis: dict[str, Any], stream: str,
     return frame.drop("reject_reason").cast(schema)  # type: ignore[arg-type]
 
 
-def transaction_batches(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, str],
-                        columns: list[str]) -> Iterator[pl.DataFrame]:
+def transaction_batches(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, str], columns: list[str],
+                        keys: dict[str, list[str]] | None = None) -> Iterator[pl.DataFrame]:
     """The transactions inside the basis that decode and carry these pins, `columns` of them, a batch
-    at a time (duplicates not yet removed: `first_positions` wherever they meet). An archive
-    without typed columns is decoded whole, as one batch."""
+    at a time (duplicates not yet removed: `first_positions` wherever they meet); with `keys`
+    ({key field: ids}), only those of at least one of the keys, filtered as the archive is read.
+    An archive without typed columns is decoded whole, as one batch."""
     name, offsets = basis_offsets(basis)
     if name != TRAFFIC:
         raise TerminalError("INVALID_BASIS", f"a basis of {name} where {TRAFFIC} was expected")
     table = lake.table(table_name(TRAFFIC))
     if not has_typed_columns(lake, TRAFFIC, table):
-        yield with_pins(transactions_at(lake, basis), pins).select("partition", "offset", *columns)
+        frame = with_pins(transactions_at(lake, basis), pins)
+        if keys is not None:
+            frame = frame.filter(pl.any_horizontal([pl.col(f).is_in(ids) for f, ids in keys.items()] or [False]))
+        yield frame.select("partition", "offset", *columns)
         return
     where = pc.field("reject_reason").is_null()
     for pin, value in sorted(pins.items()):
         where = where & (pc.field(pin) == value)
+    if keys is not None:
+        wanted_keys = [pc.field(f).isin(sorted(ids)) for f, ids in sorted(keys.items())]
+        where = where & (functools.reduce(operator.or_, wanted_keys) if wanted_keys else pc.scalar(False))
     wanted = [c for c in columns if c not in ("partition", "offset")]
     for batch in scan_basis_batches(lake, TRAFFIC, offsets, wanted, where=where, table=table):
         yield batch.cast({c: t for c, t in TRANSACTION_SCHEMA.items() if c in batch.columns})  # type: ignore[arg-type]

@@ -5,9 +5,10 @@ directory, so memory is bounded by the largest unit, not by history:
 
 1. route: one pass over the archive at the replay basis, a batch at a time, writes each event to
    the shard of every key type that reads it (a hash of the key, `shard_of`) and, when it lies in
-   the observation scope, to the time chunk of its output row. Duplicates of an event carry the
-   same keys and time, so they meet in the same shard and chunk, where the first-position rule
-   keeps one (the same one everywhere: the first position).
+   the observation scope, to the time chunk of its output row; and its identity (run, event id,
+   position) to the identity shard of its event id. Per identity shard, every copy of an event
+   after its first position is listed (`later_copies`), and every unit leaves those out: the
+   online plane's first-position rule, decided over the whole basis even when the copies differ.
 2. features (`shard_values`): per (key type, shard), every group of that key type evaluated by the
    shared algebra (`rolling_features`) over the shard's events; the values of in-scope rows are
    written sorted by time.
@@ -89,6 +90,9 @@ class Layout:
     def values(self, group_index: int, shard: int) -> Path:
         return self.root / f"values-{group_index:03d}-{shard:05d}.parquet"
 
+    def identities(self, shard: int) -> Path:
+        return self.root / f"ids-{shard:05d}.parquet"
+
     def values_of(self, group_index: int) -> list[Path]:
         return sorted(self.root.glob(f"values-{group_index:03d}-*.parquet"))
 
@@ -117,6 +121,9 @@ class Router:
             parts = keyed.with_columns(shard_of(pl.col(key_field), self.shards).alias("_shard"))
             for (shard,), part in parts.partition_by("_shard", as_dict=True, include_key=False).items():
                 self._write(self.layout.events(key_field, int(shard)), part)  # type: ignore[arg-type]
+        ids = batch.select(UID, *IDENTITY).with_columns(shard_of(pl.col("event_id"), self.shards).alias("_shard"))
+        for (shard,), part in ids.partition_by("_shard", as_dict=True, include_key=False).items():
+            self._write(self.layout.identities(int(shard)), part)  # type: ignore[arg-type]
         inside = batch.filter((pl.col(TS) >= self.bounds[0]) & (pl.col(TS) < self.bounds[-1])).select(UID, *ROW_COLUMNS)
         cuts = pl.Series(self.bounds[1:-1], dtype=pl.Int64)
         chunks = inside.with_columns(cuts.search_sorted(inside[TS], side="right").cast(pl.Int32).alias("_chunk"))
@@ -135,6 +142,17 @@ class Router:
             writer.close()
 
 
+def later_copies(layout: Layout, shard: int) -> pl.DataFrame:
+    """The `uid` of every copy of an event (same run and event id) after its first position, in one
+    identity shard: nothing, unless the bus carried an event twice."""
+    path = layout.identities(shard)
+    if not path.exists():
+        return pl.DataFrame(schema={UID: pl.Int64()})
+    ids = pl.read_parquet(path)
+    copies = ids.filter(pl.struct("platform_run_id", "event_id").is_duplicated())
+    return copies.join(first_positions(copies), on=UID, how="anti").select(UID)
+
+
 def group_values(events: pl.DataFrame, group: GroupDef) -> pl.DataFrame:
     """`uid` and the group's dataset columns as of each event (out-of-range values null)."""
     values = rolling_features(contributions(events, group, carry=(UID,)), group, UID).drop(LAST_UPDATE)
@@ -143,13 +161,13 @@ def group_values(events: pl.DataFrame, group: GroupDef) -> pl.DataFrame:
 
 
 def shard_values(layout: Layout, key_field: str, shard: int, groups: list[tuple[int, GroupDef]],
-                 scope: tuple[int, int]) -> None:
+                 scope: tuple[int, int], skipped: pl.DataFrame) -> None:
     """Step 2 for one (key type, shard): each group's features as of every in-scope event of the
     shard, written to `layout.values(group_index, shard)` sorted by time."""
     path = layout.events(key_field, shard)
     if not path.exists():
         return
-    events = first_positions(pl.read_parquet(path))
+    events = pl.read_parquet(path).join(skipped, on=UID, how="anti")
     times = events.select(UID, TS).filter((pl.col(TS) >= scope[0]) & (pl.col(TS) < scope[1]))
     for index, group in groups:
         group_values(events, group).join(times, on=UID, how="inner").sort(TS).write_parquet(layout.values(index, shard),
@@ -157,12 +175,14 @@ def shard_values(layout: Layout, key_field: str, shard: int, groups: list[tuple[
 
 
 def assemble_chunk(layout: Layout, chunk: int, bounds: tuple[int, int], groups: list[tuple[int, GroupDef]],
-                   labels: pl.DataFrame, events_schema: dict[str, pl.DataType]) -> dict[str, Any]:
+                   labels: pl.DataFrame, events_schema: dict[str, pl.DataType], skipped: pl.DataFrame,
+                   ) -> dict[str, Any]:
     """Step 3 for one time chunk: its rows, their feature values and labels, in (time, position)
     order, written to `layout.output(chunk)`; returns its row and label counts."""
     path = layout.rows(chunk)
     empty = pl.DataFrame(schema=events_schema).with_columns(pl.lit(0, pl.Int64).alias(UID))
-    rows = first_positions(pl.read_parquet(path)) if path.exists() else empty.select(UID, *ROW_COLUMNS)
+    rows = (pl.read_parquet(path).join(skipped, on=UID, how="anti") if path.exists()
+            else empty.select(UID, *ROW_COLUMNS))
     lo, hi = bounds
     features: list[str] = []
     for index, group in groups:

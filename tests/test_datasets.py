@@ -214,7 +214,7 @@ def test_key_shards_and_time_chunks_change_no_row_and_a_process_pool_no_byte(app
         assert pooled.manifest["dataset_fingerprint"] == whole.manifest["dataset_fingerprint"]
         # the progress: every unit reported once, against the total the plan announced
         total = steps[0][1]
-        assert len(steps) == total == 3 + 3 * 5 + len(pooled.paths)
+        assert len(steps) == total == 4 + 3 * 5 + len(pooled.paths)
     finally:
         pooled.discard()
         sequential.discard()

@@ -75,3 +75,49 @@ def test_first_difference_names_the_path():
     assert first_difference({"a": 1}, {"a": 1}) is None
     assert first_difference({"a": [1]}, {"a": [1, 2]}) == "a[1]"
     assert first_difference({"a": 1}, {"a": 1.0}) == "a"
+
+
+def test_a_later_copy_with_other_keys_is_skipped_online_in_datasets_and_in_parity(app):
+    """An event id seen again at a later position (here with another card, straight onto the bus) is
+    skipped by the online plane; a dataset has no row for it and parity, which reads only the
+    requested keys, still decides by the first position over the whole basis."""
+    import polars as pl
+
+    from featureplane.offline.ofs import run_intent
+    from featureplane.online.admission import encode_event
+    from featureplane.runtime.simulate import simulate
+
+    plan = SimulationPlan(seed=12, transactions=300)
+    run_simulation(transactions=300, seed=12, out=None, publish=True, progress=False, app=app)
+    run_workers(app, until_idle=True)
+    original = next(e for s, e in simulate(plan) if s == TRAFFIC)
+    copy = json.loads(json.dumps(original))
+    copy["payload"]["card_id"] = "e_card_copycat"
+    app.bus.append(TRAFFIC, [("copy", encode_event(copy))])
+    run_workers(app, until_idle=True)
+
+    from featureplane.pipelines.timefmt import format_ts, parse_rfc3339
+
+    as_of = format_ts(parse_rfc3339(original["ts_utc"]) + 60_000_000)
+    request = {"kind": "get_features_request", "contract_version": "ofp_public_contracts_v0",
+               "context_pins": original["context_pins"], "as_of_time_utc": as_of,
+               "feature_keys": [{"key_type": "card", "key_id": "e_card_copycat"},
+                                {"key_type": "card", "key_id": original["payload"]["card_id"]}],
+               "feature_groups": [{"group_name": "card_velocity", "group_version": "1.0"}]}
+    response = _serve(app, [request])[0]
+    freshness = {f["key_id"]: f["last_update_event_time"] for f in response["provenance"]["freshness"]}
+    assert freshness["e_card_copycat"] is None and freshness[original["payload"]["card_id"]] is not None
+    result = run_parity(app.db, app.store, app.lake, app.registry)
+    assert (result["checked"], result["mismatched"]) == (1, 0)
+
+    ends = app.bus.end_offsets(TRAFFIC)
+    manifest = run_intent(app, {
+        "request_id": "copies", "intent_kind": "dataset_build", "context_pins": original["context_pins"],
+        "replay_basis": {"stream_name": TRAFFIC, "watermark_basis": {str(p): o for p, o in sorted(ends.items())}},
+        "feature_groups": [{"group_name": "card_velocity", "group_version": "1.0"}],
+        "label_as_of_utc": "2026-12-31T00:00:00Z",
+        "observation_scope": {"ts_from_utc": "2020-01-01T00:00:00Z", "ts_to_utc": "2030-01-01T00:00:00Z"}})
+    rows = pl.concat([pl.read_parquet(app.store.get(f["key"])) for f in manifest["files"]])
+    assert rows.filter(pl.col("event_id") == original["event_id"])["card_id"].to_list() == [
+        original["payload"]["card_id"]]
+    assert rows.height == 300
