@@ -16,15 +16,20 @@ from typing import Any
 
 @contextmanager
 def bench_app(name: str) -> Iterator[Any]:
-    """An initialised App on a fresh FP_HOME (embedded Postgres stopped at exit)."""
+    """An initialised App on a fresh FP_HOME; at exit its embedded Postgres stops and the home is
+    deleted (a 5M run leaves gigabytes)."""
     home = Path(tempfile.mkdtemp(prefix=f"fp-bench-{name}-"))
     os.environ["FP_HOME"] = str(home)
     os.environ.pop("FP_PG_DSN", None)
     os.environ.pop("FP_PROFILE", None)
+    import atexit
+    import shutil
+
     from featureplane.runtime.app import App
     from featureplane.runtime.postgres import Database, start_embedded
     from featureplane.runtime.settings import load_settings
 
+    atexit.register(shutil.rmtree, home, True)  # runs after the server's stop (atexit is last-in, first-out)
     dsn = start_embedded(home / "pg", stop_at_exit=True)
     app = App(load_settings())
     app.__dict__["db"] = Database(dsn)
