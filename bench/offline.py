@@ -121,8 +121,9 @@ def _build(home: str, dsn: str, raw_intent: dict, out: multiprocessing.Queue) ->
 
 
 def _build_in_child(app, raw_intent: dict) -> dict:
-    queue: multiprocessing.Queue = multiprocessing.Queue()
-    child = multiprocessing.get_context("spawn").Process(
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: the build's own peak RSS
+    queue = spawn.Queue()
+    child = spawn.Process(
         target=_build, args=(str(app.settings.home), app.db.dsn.reveal(), raw_intent, queue))
     child.start()
     result = queue.get()
