@@ -112,8 +112,8 @@ def build_dataset(lake: DeltaLake, intent: BuildIntent, step: Step = lambda _nam
         router = Router(layout, intent.groups, shards, bounds)
         columns = [c for c in TRANSACTION_SCHEMA if c not in ("partition", "offset")]
         try:
-            for batch in transaction_batches(lake, intent.replay_basis, pins, columns):
-                router.route(batch)
+            for batch in transaction_batches(lake, intent.replay_basis, {}, columns):  # every run: see route
+                router.route(batch, pins)
         finally:
             router.close()
         step("routed", steps)

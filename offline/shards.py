@@ -113,17 +113,20 @@ class Router:
         self._writers: dict[Path, pq.ParquetWriter] = {}
         self.next_uid = 0
 
-    def route(self, batch: pl.DataFrame) -> None:
+    def route(self, batch: pl.DataFrame, pins: dict[str, str]) -> None:
+        """Route one batch of the basis's decodable transactions, of every run: identities are
+        routed for all (a copy is skipped online whatever its pins), the rest only for these pins."""
         batch = batch.with_columns(pl.int_range(self.next_uid, self.next_uid + batch.height, dtype=pl.Int64).alias(UID))
         self.next_uid += batch.height
+        ids = batch.select(UID, *IDENTITY).with_columns(shard_of(pl.col("event_id"), self.shards).alias("_shard"))
+        for (shard,), part in ids.partition_by("_shard", as_dict=True, include_key=False).items():
+            self._write(self.layout.identities(int(shard)), part)  # type: ignore[arg-type]
+        batch = batch.filter(*[pl.col(name) == value for name, value in sorted(pins.items())])
         for key_field, columns in self.columns.items():
             keyed = batch.filter(pl.col(key_field).is_not_null()).select(columns)
             parts = keyed.with_columns(shard_of(pl.col(key_field), self.shards).alias("_shard"))
             for (shard,), part in parts.partition_by("_shard", as_dict=True, include_key=False).items():
                 self._write(self.layout.events(key_field, int(shard)), part)  # type: ignore[arg-type]
-        ids = batch.select(UID, *IDENTITY).with_columns(shard_of(pl.col("event_id"), self.shards).alias("_shard"))
-        for (shard,), part in ids.partition_by("_shard", as_dict=True, include_key=False).items():
-            self._write(self.layout.identities(int(shard)), part)  # type: ignore[arg-type]
         inside = batch.filter((pl.col(TS) >= self.bounds[0]) & (pl.col(TS) < self.bounds[-1])).select(UID, *ROW_COLUMNS)
         cuts = pl.Series(self.bounds[1:-1], dtype=pl.Int64)
         chunks = inside.with_columns(cuts.search_sorted(inside[TS], side="right").cast(pl.Int32).alias("_chunk"))
@@ -149,7 +152,7 @@ def later_copies(layout: Layout, shard: int) -> pl.DataFrame:
     if not path.exists():
         return pl.DataFrame(schema={UID: pl.Int64()})
     ids = pl.read_parquet(path)
-    copies = ids.filter(pl.struct("platform_run_id", "event_id").is_duplicated())
+    copies = ids.filter(pl.struct("platform_run_id", "event_id").is_duplicated())  # usually none
     return copies.join(first_positions(copies), on=UID, how="anti").select(UID)
 
 
