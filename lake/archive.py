@@ -103,7 +103,7 @@ class ArchiveStats:
 
 
 class ArchiveWriter:
-    def __init__(self, db: Database, bus: EventBus, lake: DeltaLake, *, max_records_per_commit: int = 250_000,
+    def __init__(self, db: Database, bus: EventBus, lake: DeltaLake, *, max_records_per_commit: int = 100_000,
                  read_batch: int = 50_000) -> None:
         self.db = db
         self.bus = bus
