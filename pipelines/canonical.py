@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from typing import Any
 
+import orjson
 import rfc8785
 
-_NUMBER = re.compile(r'"\\u0000([^"\\]*)\\u0000"')  # a float's JCS text, smuggled through json.dumps
-_ENCODE = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False).encode
+_NUMBER = re.compile(r'"\\u0000([^"\\]*)\\u0000"')  # a float's JCS text, smuggled through the encoder
+
+def _encode(value: Any) -> str:
+    """Compact JSON with keys sorted, non-ASCII kept, control characters escaped as RFC 8785 does
+    (orjson: the same escapes as the C encoder of `json`, about four times faster)."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
 class _General(Exception):
@@ -33,8 +37,8 @@ def _float_text(value: float) -> str:
 
 def _marked(value: Any) -> Any:
     """One walk: floats -> NUL-delimited strings holding their JCS text, everything else checked to be
-    what the fast path is exact for (ASCII str keys, so code-point order is UTF-16 order; strings
-    without NUL, validated at every boundary anyway; ints within 2^53); otherwise `_General`."""
+    what the fast path is exact for (ASCII str keys, so code-point order is UTF-16 order; strings and
+    keys without NUL, which would look like a float's mark; ints within 2^53); otherwise `_General`."""
     kind = type(value)
     if kind is str:
         if "\x00" in value:
@@ -42,7 +46,7 @@ def _marked(value: Any) -> Any:
         return value
     if kind is dict:
         for key in value:
-            if type(key) is not str or not key.isascii():
+            if type(key) is not str or not key.isascii() or "\x00" in key:
                 raise _General
         return {k: _marked(v) for k, v in value.items()}
     if kind is list or kind is tuple:
@@ -61,14 +65,17 @@ def _marked(value: Any) -> Any:
 def jcs(value: Any) -> bytes:
     """RFC 8785 canonical bytes: sorted keys, no whitespace, ECMAScript number form, UTF-8.
 
-    The common case runs on the C JSON encoder (same escapes and key order as RFC 8785 for ASCII
-    keys; floats are formatted by `rfc8785` and spliced in); anything else, and every error, goes
+    The common case runs on orjson (same escapes and key order as RFC 8785 for ASCII keys; floats
+    are formatted by `_float_text` and spliced in); anything else, and every error, goes
     to `rfc8785` itself. A property test holds the two byte-identical."""
     try:
         marked = _marked(value)
     except _General:
         return rfc8785.dumps(value)
-    text = _ENCODE(marked)
+    try:
+        text = _encode(marked)
+    except orjson.JSONEncodeError:  # e.g. an unpaired surrogate: the reference decides (and refuses)
+        return rfc8785.dumps(value)
     if "\\u0000" in text:  # a float's mark (strings hold no NUL, so nothing else looks like one)
         text = _NUMBER.sub(lambda m: m.group(1), text)
     return text.encode("utf-8")
