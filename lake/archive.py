@@ -14,13 +14,16 @@ writer per stream at a time is enforced with a Postgres advisory lock.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
 from featureplane.lake.delta import DeltaLake, marker_of
@@ -130,7 +133,7 @@ class ArchiveWriter:
         progress = archive_progress(self.lake, stream)
         existing = self.lake.table(table_name(stream))
         # an existing table keeps its columns: an archive from before typed columns or decimal offsets
-        # is still appended to as it is (no command rewrites it in the current layout yet)
+        # is still appended to as it is, until `fp archive rebuild` rewrites it in the current layout
         schema = archive_schema(stream) if existing is None else pa.schema(existing.schema().to_arrow())
         offset_type = schema.field("offset").type
         with self.db.transaction() as conn:  # blocks the archive has moved past (after an operator skip)
@@ -151,7 +154,7 @@ class ArchiveWriter:
                     if len(batch):
                         if offset_type != pa.string() and batch.offsets[-1] >= 2**63:
                             raise TerminalError("ARCHIVE_OFFSET_TYPE", "this archive was written with int64 "
-                                                "offsets and cannot hold this bus's; archive into a new object store")
+                                                "offsets and cannot hold this bus's; run `fp archive rebuild`")
                         parts.append(typed_rows(stream, batch.triples(), schema))
                         budget -= len(batch)
                     offset = batch.next_offset
@@ -173,6 +176,47 @@ class ArchiveWriter:
             stats.per_stream[stream] = stats.per_stream.get(stream, 0) + rows.num_rows
             if self.on_progress:
                 self.on_progress(stream, rows.num_rows)
+
+
+def rebuild_archive(db: Database, lake: DeltaLake, stream: str, batch_rows: int = 50_000) -> dict[str, Any]:
+    """Rewrite an archive table written before the current layout (no typed columns, or int64
+    offsets) in it: every record's exact bytes, position and progress marker kept, the typed columns
+    decoded by the same decoder, in one Delta commit (a reader sees the old table or the new one).
+    Holds the stream's archive lock, so no writer appends meanwhile; streams a batch at a time."""
+    with db.try_advisory_lock(LOCK_NAMESPACE, stream) as held:
+        if not held:
+            raise ArchiveConflict(f"another archive writer holds {stream}; stop the workers and run again")
+        table = lake.table(table_name(stream))
+        if table is None:
+            return {"stream": stream, "rebuilt": False, "why": "no archive yet"}
+        target = archive_schema(stream)
+        current = pa.schema(table.schema().to_arrow())
+        if _layout(current) == _layout(target):
+            return {"stream": stream, "rebuilt": False, "why": "already in the current layout"}
+        found = marker_of(table)
+        records = 0
+        with tempfile.TemporaryDirectory(prefix="fp-archive-rebuild-") as staging:
+            # staged on local disk first: reading the old version while deltalake writes the new one
+            # would run one async runtime inside another
+            staged = Path(staging) / "rows.parquet"
+            with pq.ParquetWriter(staged, target) as writer:
+                scan = table.to_pyarrow_dataset().to_batches(columns=["partition", "offset", "value"],
+                                                             batch_size=batch_rows)
+                for batch in scan:
+                    rows = list(zip(batch.column(0).to_pylist(), map(int, batch.column(1).to_pylist()),
+                                    batch.column(2).to_pylist(), strict=True))
+                    records += len(rows)
+                    writer.write_table(typed_rows(stream, rows, target))
+            reader = pq.ParquetFile(staged).iter_batches(batch_size=batch_rows)
+            lake.replace(table_name(stream), pa.RecordBatchReader.from_batches(target, reader),
+                         None if found is None else found[1])
+        return {"stream": stream, "rebuilt": True, "records": records}
+
+
+def _layout(schema: pa.Schema) -> list[tuple[str, str]]:
+    """Column names and types as Delta keeps them (it reads large strings and binaries back plain)."""
+    plain = {pa.large_string(): pa.string(), pa.large_binary(): pa.binary()}
+    return [(f.name, str(plain.get(f.type, f.type))) for f in schema]
 
 
 def _crash_after_files(rows: pa.Table) -> pa.RecordBatchReader:
@@ -267,6 +311,7 @@ __all__ = [
     "archive_progress",
     "has_typed_columns",
     "read_basis",
+    "rebuild_archive",
     "scan_basis",
     "scan_basis_batches",
     "table_name",

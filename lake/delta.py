@@ -42,6 +42,15 @@ class DeltaLake:
         write_deltalake(self.uri(name), data, mode="append", storage_options=self.storage_options,
                         commit_properties=CommitProperties(custom_metadata=metadata) if metadata else None)
 
+    def replace(self, name: str, data: pa.RecordBatchReader, marker: dict[str, Any] | None,
+                marker_key: str = "fp.progress") -> None:
+        """Replace a table's rows and schema in one commit (readers see the old version or the new one),
+        carrying `marker` over in that commit."""
+        metadata = {marker_key: json.dumps(marker, sort_keys=True)} if marker is not None else None
+        write_deltalake(self.uri(name), data, mode="overwrite", schema_mode="overwrite",
+                        storage_options=self.storage_options,
+                        commit_properties=CommitProperties(custom_metadata=metadata) if metadata else None)
+
     def marker(self, name: str, marker_key: str = "fp.progress") -> tuple[int, Any] | None:
         """(version, marker) of the newest commit that carries `marker_key`, or None."""
         table = self.table(name)

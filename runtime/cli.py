@@ -312,6 +312,19 @@ def cmd_context_frame(args: argparse.Namespace) -> int:
     return 0 if answer.get("readiness") == "READY" else 1
 
 
+def cmd_archive_rebuild(args: argparse.Namespace) -> int:
+    from featureplane.lake.archive import rebuild_archive
+    from featureplane.runtime.app import App
+    from featureplane.schemas.streams import STREAMS, stream_spec
+
+    for stream in args.stream or []:
+        stream_spec(stream)  # an unknown stream is an error before anything is rewritten
+    app = App()
+    app.init()
+    _print_json({"archives": [rebuild_archive(app.db, app.lake, s) for s in (args.stream or sorted(STREAMS))]})
+    return EXIT_OK
+
+
 def cmd_bus_skip(args: argparse.Namespace) -> int:
     """Operator action: let every consumer pass one corrupt record (audited in operator_actions)."""
     import getpass
@@ -500,6 +513,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="whether the embedded Postgres of this FP_HOME runs (JSON)")
     p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("archive", help="the Delta archive of the bus")
+    arch = p.add_subparsers(dest="archive_command", required=True, metavar="SUBCOMMAND")
+    q = arch.add_parser("rebuild", help="rewrite archive tables written before the current layout (typed "
+                                        "columns, decimal offsets) in it, one commit each; records, positions "
+                                        "and progress kept (JSON); run with the workers stopped")
+    q.add_argument("--stream", action="append", help="a stream to rebuild (repeatable; default: every stream)")
+    q.set_defaults(handler=cmd_archive_rebuild)
 
     p = sub.add_parser("bus", help="operator actions on the event bus")
     bus = p.add_subparsers(dest="bus_command", required=True, metavar="SUBCOMMAND")

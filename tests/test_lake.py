@@ -16,7 +16,7 @@ from featureplane.runtime.settings import AwsCredentials, S3ObjectStore
 from featureplane.runtime.simulation_job import run_simulation
 from featureplane.runtime.workers import run_workers
 from featureplane.schemas.streams import STREAMS, TRAFFIC
-from tests.helpers import T0, S, kill_9_repeatedly, lines, txn
+from tests.helpers import PINS, T0, S, kill_9_repeatedly, lines, txn
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -171,3 +171,51 @@ def test_an_archive_with_int64_offsets_is_appended_in_its_type_and_read_as_text(
     read = read_basis(app.lake, FLOW_ANCHOR, app.bus.end_offsets(FLOW_ANCHOR)).to_pylist()
     assert read == [{"partition": partition, "offset": "0", "value": b"a"},
                     {"partition": partition, "offset": "1", "value": b"b"}]
+
+
+def test_fp_archive_rebuild_moves_an_old_archive_to_the_current_layout_and_changes_no_answer(app, fp_home):
+    """An archive from before typed columns and decimal offsets (int64 offsets, bytes only) is
+    rewritten in the current layout by `fp archive rebuild`: the same records at the same positions,
+    the same progress, typed columns filled by the decoder, the same dataset before and after."""
+    import json
+
+    from featureplane.lake.archive import archive_schema, has_typed_columns
+    from featureplane.offline.ofs import run_intent
+    from tests.helpers import run_fp
+
+    _publish(app, 30)
+    app.bus.append(TRAFFIC, [("k", b"not json")])
+    old = pa.schema([("partition", pa.int32()), ("offset", pa.int64()), ("value", pa.binary())])
+    app.lake.append(table_name(TRAFFIC), old.empty_table())
+    run_workers(app, until_idle=True)
+    assert not has_typed_columns(app.lake, TRAFFIC)
+    ends = app.bus.end_offsets(TRAFFIC)
+    before = read_basis(app.lake, TRAFFIC, ends).to_pylist()
+    progress = archive_progress(app.lake, TRAFFIC)
+    intent = {"request_id": "before", "intent_kind": "dataset_build",
+              "context_pins": PINS,
+              "replay_basis": {"stream_name": TRAFFIC, "watermark_basis": {str(p): o for p, o in ends.items()}},
+              "feature_groups": [{"group_name": "txn_velocity", "group_version": "2.0"}],
+              "label_as_of_utc": "2026-12-31T00:00:00Z",
+              "observation_scope": {"ts_from_utc": "2020-01-01T00:00:00Z", "ts_to_utc": "2030-01-01T00:00:00Z"}}
+    first = run_intent(app, intent)
+    first_bytes = [app.store.get(f["key"]) for f in first["files"]]
+
+    code, out, err = run_fp(app, fp_home, "archive", "rebuild", "--stream", TRAFFIC)
+    assert code == 0, out + err
+    assert json.loads(out)["archives"] == [{"stream": TRAFFIC, "rebuilt": True, "records": 31}]
+    table = app.lake.table(table_name(TRAFFIC))
+    assert pa.schema(table.schema().to_arrow()).names == archive_schema(TRAFFIC).names
+    assert has_typed_columns(app.lake, TRAFFIC)
+    assert read_basis(app.lake, TRAFFIC, ends).to_pylist() == before
+    assert archive_progress(app.lake, TRAFFIC) == progress
+    rejected = table.to_pyarrow_dataset().to_table(columns=["reject_reason"]).column(0).drop_null().to_pylist()
+    assert rejected == ["MALFORMED_RECORD"]
+    again = run_intent(app, {**intent, "request_id": "after"})
+    assert again["dataset_fingerprint"] == first["dataset_fingerprint"]
+    assert [app.store.get(f["key"]) for f in again["files"]] == first_bytes
+    code, out, _ = run_fp(app, fp_home, "archive", "rebuild", "--stream", TRAFFIC)  # nothing left to do
+    assert json.loads(out)["archives"][0]["rebuilt"] is False
+    _publish(app, 5, start=30)  # and the worker appends to it in the new layout
+    run_workers(app, until_idle=True)
+    assert archive_progress(app.lake, TRAFFIC) == app.bus.end_offsets(TRAFFIC)
