@@ -9,6 +9,7 @@ observed time lags the transaction, some later corrected.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -70,7 +71,9 @@ def simulate(plan: SimulationPlan) -> Iterator[tuple[str, dict[str, Any]]]:
     devices = [f"e_device_{i:07x}" for i in range(n_devices)]
     home_device = {a: devices[rng.randrange(n_devices)] for a in accounts}  # shared: fewer devices
     merchants = [f"e_merchant_{i:05x}" for i in range(n_merchants)]
-    weights = [1.0 / (rank + 1) ** 1.2 for rank in range(n_merchants)]  # Zipf: hot merchants
+    # Zipf: hot merchants. Cumulative weights once: `choices(weights=...)` sums them on every call,
+    # which made a run quadratic (merchants grow with the run); the draws are the same either way
+    cum_weights = list(itertools.accumulate(1.0 / (rank + 1) ** 1.2 for rank in range(n_merchants)))
     arrival_seq = dict.fromkeys(merchants, 0)
     t = parse_rfc3339(plan.start_utc)
     emitted = 0
@@ -117,13 +120,13 @@ def simulate(plan: SimulationPlan) -> Iterator[tuple[str, dict[str, Any]]]:
             device = devices[rng.randrange(n_devices)]
             for _ in range(min(n - emitted, rng.randrange(3, 8))):
                 t += rng.randrange(30, 300) * SECOND
-                merchant = rng.choices(merchants, weights)[0]
+                merchant = rng.choices(merchants, cum_weights=cum_weights)[0]
                 card = rng.choice(cards[account])
                 yield from txn(account, card, device, merchant, rng.randrange(50_000, 500_000),
                                "mobile", t, True)
                 emitted += 1
         else:
-            merchant = rng.choices(merchants, weights)[0]
+            merchant = rng.choices(merchants, cum_weights=cum_weights)[0]
             channel = CHANNELS[rng.randrange(3)]
             device = None if channel == "card_present" else home_device[account]
             card = rng.choice(cards[account])
