@@ -64,8 +64,8 @@ def one_size(transactions: int, snapshots: int, seed: int) -> dict:
             "replay_basis": {"stream_name": TRAFFIC, "watermark_basis": {str(p): o for p, o in sorted(ends.items())}},
             "feature_groups": [{"group_name": g.group_name, "group_version": g.group_version}
                                for g in app.registry.all()],
-            "label_as_of_utc": "2027-01-01T00:00:00Z",
-            "observation_scope": {"ts_from_utc": "2026-01-01T00:00:00Z", "ts_to_utc": "2027-01-01T00:00:00Z"},
+            "label_as_of_utc": "2100-01-01T00:00:00Z",  # every transaction of the run is a row, at any size
+            "observation_scope": {"ts_from_utc": "2000-01-01T00:00:00Z", "ts_to_utc": "2100-01-01T00:00:00Z"},
         }
         parse_intent(intent, app.registry)  # a bad intent fails here, not in the child
         build = _build_in_child(app, intent)

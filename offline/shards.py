@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow.parquet as pq
+import pyarrow as pa
 
 from featureplane.pipelines.features import LAST_UPDATE, TS, contributions, in_range_expr, rolling_features
 from featureplane.pipelines.positions import order_keys
@@ -82,16 +82,16 @@ class Layout:
     root: Path
 
     def events(self, key_field: str, shard: int) -> Path:
-        return self.root / f"events-{key_field}-{shard:05d}.parquet"
+        return self.root / f"events-{key_field}-{shard:05d}.arrow"
 
     def rows(self, chunk: int) -> Path:
-        return self.root / f"rows-{chunk:05d}.parquet"
+        return self.root / f"rows-{chunk:05d}.arrow"
 
     def values(self, group_index: int, shard: int) -> Path:
         return self.root / f"values-{group_index:03d}-{shard:05d}.parquet"
 
     def identities(self, shard: int) -> Path:
-        return self.root / f"ids-{shard:05d}.parquet"
+        return self.root / f"ids-{shard:05d}.arrow"
 
     def values_of(self, group_index: int) -> list[Path]:
         return sorted(self.root.glob(f"values-{group_index:03d}-*.parquet"))
@@ -101,7 +101,7 @@ class Layout:
 
 
 class Router:
-    """Step 1: spreads batches of archived events over key shards and time chunks (parquet files
+    """Step 1: spreads batches of archived events over key shards and time chunks (Arrow files
     appended to batch by batch; one open writer per file)."""
 
     def __init__(self, layout: Layout, groups: Sequence[GroupDef], shards: int, bounds: list[int]) -> None:
@@ -110,7 +110,7 @@ class Router:
         for group in groups:
             wanted = self.columns.setdefault(group.key_field, [UID, *IDENTITY, TS, group.key_field])
             wanted += [f for f in group.fields if f not in wanted]
-        self._writers: dict[Path, pq.ParquetWriter] = {}
+        self._writers: dict[Path, pa.ipc.RecordBatchFileWriter] = {}
         self.next_uid = 0
 
     def route(self, batch: pl.DataFrame, pins: dict[str, str]) -> None:
@@ -136,8 +136,8 @@ class Router:
     def _write(self, path: Path, part: pl.DataFrame) -> None:
         table = part.to_arrow()
         writer = self._writers.get(path)
-        if writer is None:
-            writer = self._writers[path] = pq.ParquetWriter(path, table.schema, compression="lz4")
+        if writer is None:  # Arrow IPC, uncompressed: the cheapest to write, read back memory-mapped
+            writer = self._writers[path] = pa.ipc.new_file(path, table.schema)
         writer.write_table(table)
 
     def close(self) -> None:
@@ -151,7 +151,7 @@ def later_copies(layout: Layout, shard: int) -> pl.DataFrame:
     path = layout.identities(shard)
     if not path.exists():
         return pl.DataFrame(schema={UID: pl.Int64()})
-    ids = pl.read_parquet(path)
+    ids = pl.read_ipc(path)
     copies = ids.filter(pl.struct("platform_run_id", "event_id").is_duplicated())  # usually none
     return copies.join(first_positions(copies), on=UID, how="anti").select(UID)
 
@@ -170,7 +170,7 @@ def shard_values(layout: Layout, key_field: str, shard: int, groups: list[tuple[
     path = layout.events(key_field, shard)
     if not path.exists():
         return
-    events = pl.read_parquet(path).join(skipped, on=UID, how="anti")
+    events = pl.read_ipc(path).join(skipped, on=UID, how="anti")
     times = events.select(UID, TS).filter((pl.col(TS) >= scope[0]) & (pl.col(TS) < scope[1]))
     for index, group in groups:
         group_values(events, group).join(times, on=UID, how="inner").sort(TS).write_parquet(layout.values(index, shard),
@@ -184,7 +184,7 @@ def assemble_chunk(layout: Layout, chunk: int, bounds: tuple[int, int], groups: 
     order, written to `layout.output(chunk)`; returns its row and label counts."""
     path = layout.rows(chunk)
     empty = pl.DataFrame(schema=events_schema).with_columns(pl.lit(0, pl.Int64).alias(UID))
-    rows = (pl.read_parquet(path).join(skipped, on=UID, how="anti") if path.exists()
+    rows = (pl.read_ipc(path).join(skipped, on=UID, how="anti") if path.exists()
             else empty.select(UID, *ROW_COLUMNS))
     lo, hi = bounds
     features: list[str] = []
