@@ -37,6 +37,7 @@ from featureplane.offline.shards import (
     run_units,
     shard_count,
     shard_values,
+    within,
 )
 from featureplane.pipelines.errors import TerminalError
 from featureplane.pipelines.features import TS
@@ -102,7 +103,7 @@ def build_dataset(lake: DeltaLake, intent: BuildIntent, step: Step = lambda _nam
         total, inside = 0, []
         for batch in transaction_batches(lake, intent.replay_basis, pins, [TS]):
             total += batch.height
-            inside.append(batch.get_column(TS).filter((batch[TS] >= scope[0]) & (batch[TS] < scope[1])))
+            inside.append(batch.filter(within(*scope)).get_column(TS))
         times = pl.concat(inside) if inside else pl.Series(TS, [], pl.Int64)
         bounds = chunk_bounds(times, *scope)
         del inside, times

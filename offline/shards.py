@@ -60,6 +60,11 @@ def shard_of(key: pl.Expr, shards: int) -> pl.Expr:
     return (key.hash(seed=0x6670) % shards).cast(pl.Int32)
 
 
+def within(lo: int, hi: int) -> pl.Expr:
+    """Event time in [lo, hi): the observation scope, and each time chunk of it."""
+    return (pl.col(TS) >= lo) & (pl.col(TS) < hi)
+
+
 def shard_count(events: int) -> int:
     return max(1, math.ceil(events / SHARD_EVENTS))
 
@@ -127,7 +132,7 @@ class Router:
             parts = keyed.with_columns(shard_of(pl.col(key_field), self.shards).alias("_shard"))
             for (shard,), part in parts.partition_by("_shard", as_dict=True, include_key=False).items():
                 self._write(self.layout.events(key_field, int(shard)), part)  # type: ignore[arg-type]
-        inside = batch.filter((pl.col(TS) >= self.bounds[0]) & (pl.col(TS) < self.bounds[-1])).select(UID, *ROW_COLUMNS)
+        inside = batch.filter(within(self.bounds[0], self.bounds[-1])).select(UID, *ROW_COLUMNS)
         cuts = pl.Series(self.bounds[1:-1], dtype=pl.Int64)
         chunks = inside.with_columns(cuts.search_sorted(inside[TS], side="right").cast(pl.Int32).alias("_chunk"))
         for (chunk,), part in chunks.partition_by("_chunk", as_dict=True, include_key=False).items():
@@ -171,7 +176,7 @@ def shard_values(layout: Layout, key_field: str, shard: int, groups: list[tuple[
     if not path.exists():
         return
     events = pl.read_ipc(path).join(skipped, on=UID, how="anti")
-    times = events.select(UID, TS).filter((pl.col(TS) >= scope[0]) & (pl.col(TS) < scope[1]))
+    times = events.select(UID, TS).filter(within(*scope))
     for index, group in groups:
         group_values(events, group).join(times, on=UID, how="inner").sort(TS).write_parquet(layout.values(index, shard),
                                                                         compression="lz4", statistics=True)
@@ -186,13 +191,12 @@ def assemble_chunk(layout: Layout, chunk: int, bounds: tuple[int, int], groups: 
     empty = pl.DataFrame(schema=events_schema).with_columns(pl.lit(0, pl.Int64).alias(UID))
     rows = (pl.read_ipc(path).join(skipped, on=UID, how="anti") if path.exists()
             else empty.select(UID, *ROW_COLUMNS))
-    lo, hi = bounds
     features: list[str] = []
     for index, group in groups:
         names = [feature_column(group, f) for f in group.feature_names]
         features += names
         files = layout.values_of(index)
-        values = (pl.scan_parquet(files).filter((pl.col(TS) >= lo) & (pl.col(TS) < hi)).select(UID, *names).collect()
+        values = (pl.scan_parquet(files).filter(within(*bounds)).select(UID, *names).collect()
                   if files else group_values(empty, group))  # no events of its key type: its typed columns
         rows = rows.join(values, on=UID, how="left")
     rows = rows.join(labels, on=["platform_run_id", "flow_id"], how="left")
