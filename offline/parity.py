@@ -31,7 +31,7 @@ from featureplane.pipelines.requests import CONTRACT_VERSION, FeatureRequest
 from featureplane.pipelines.snapshot import assemble, hashed_payload, snapshot_hash
 from featureplane.runtime.postgres import Database
 from featureplane.schemas.frames import TRANSACTION_SCHEMA
-from featureplane.schemas.records import first_positions
+from featureplane.schemas.records import POSITIONED_IDENTITY, first_positions
 from featureplane.schemas.requests import parse_request
 
 PARITY_TABLE = "audit/parity_results"
@@ -94,7 +94,7 @@ def rebuild_batch(lake: DeltaLake, registry: Registry, basis: dict[str, Any], pi
     columns = [c for c in TRANSACTION_SCHEMA if c not in ("partition", "offset")]
     batches = list(transaction_batches(lake, basis, pins, columns, {f: sorted(ids) for f, ids in keys.items()}))
     frame = pl.concat(batches) if batches else pl.DataFrame(schema=TRANSACTION_SCHEMA)
-    frame = frame.join(first_copies(lake, basis, frame), on=IDENTITY, how="semi")
+    frame = frame.join(first_copies(lake, basis, frame), on=list(POSITIONED_IDENTITY), how="semi")
     # every (group, key, as-of) asked in the batch, evaluated in one vectorised pass per group
     found: dict[tuple[str, str, str, int], dict[str, Any]] = {}
     for ref, wanted in queries.items():
@@ -112,17 +112,14 @@ def rebuild_batch(lake: DeltaLake, registry: Registry, basis: dict[str, Any], pi
     ]
 
 
-IDENTITY = ["platform_run_id", "event_id", "partition", "offset"]
-
-
 def first_copies(lake: DeltaLake, basis: dict[str, Any], frame: pl.DataFrame) -> pl.DataFrame:
     """The first position of every event id in `frame`, looked up across the whole basis (a second scan
     reading only the ids, of every run): a copy of an event at a later position is skipped online even
     when its keys or pins differ from the first copy's, so a filter by key alone could not decide it."""
     ids = sorted(set(frame["event_id"].to_list()))
     copies = list(transaction_batches(lake, basis, {}, ["platform_run_id", "event_id"], {"event_id": ids}))
-    every = pl.concat(copies) if copies else frame.select(IDENTITY)
-    return first_positions(every.select(IDENTITY))
+    every = pl.concat(copies) if copies else frame.select(POSITIONED_IDENTITY)
+    return first_positions(every.select(POSITIONED_IDENTITY))
 
 
 def check_snapshots(lake: DeltaLake, registry: Registry, stored: list[dict[str, Any]],

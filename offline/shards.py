@@ -37,7 +37,7 @@ from featureplane.pipelines.features import LAST_UPDATE, TS, contributions, in_r
 from featureplane.pipelines.positions import order_keys
 from featureplane.pipelines.registry import GroupDef
 from featureplane.pipelines.timefmt import format_ts_expr
-from featureplane.schemas.records import first_positions
+from featureplane.schemas.records import POSITIONED_IDENTITY, first_positions
 
 UID = "uid"  # a build-local number of each archived record: joins its output row to its feature values
 SHARD_EVENTS = 500_000  # events per key shard (the unit of feature work)
@@ -46,7 +46,6 @@ ROW_COLUMNS = ("partition", "offset", "platform_run_id", "event_id", "flow_id", 
                "customer_id", "merchant_id", "device_id", "amount_minor", "channel")
 OUTPUT_BASE = ("partition", "offset", "platform_run_id", "event_id", "flow_id", "ts_utc", "account_id", "card_id",
                "customer_id", "merchant_id", "device_id", "amount_minor", "channel")
-IDENTITY = ("partition", "offset", "platform_run_id", "event_id")  # what the first-position rule reads
 
 
 def feature_column(group: GroupDef, feature: str) -> str:
@@ -113,7 +112,7 @@ class Router:
         self.layout, self.shards, self.bounds = layout, shards, bounds
         self.columns: dict[str, list[str]] = {}  # key field -> the columns its groups read
         for group in groups:
-            wanted = self.columns.setdefault(group.key_field, [UID, *IDENTITY, TS, group.key_field])
+            wanted = self.columns.setdefault(group.key_field, [UID, *POSITIONED_IDENTITY, TS, group.key_field])
             wanted += [f for f in group.fields if f not in wanted]
         self._writers: dict[Path, pa.ipc.RecordBatchFileWriter] = {}
         self.next_uid = 0
@@ -123,7 +122,8 @@ class Router:
         routed for all (a copy is skipped online whatever its pins), the rest only for these pins."""
         batch = batch.with_columns(pl.int_range(self.next_uid, self.next_uid + batch.height, dtype=pl.Int64).alias(UID))
         self.next_uid += batch.height
-        ids = batch.select(UID, *IDENTITY).with_columns(shard_of(pl.col("event_id"), self.shards).alias("_shard"))
+        ids = batch.select(UID, *POSITIONED_IDENTITY).with_columns(
+            shard_of(pl.col("event_id"), self.shards).alias("_shard"))
         for (shard,), part in ids.partition_by("_shard", as_dict=True, include_key=False).items():
             self._write(self.layout.identities(int(shard)), part)  # type: ignore[arg-type]
         batch = batch.filter(*[pl.col(name) == value for name, value in sorted(pins.items())])

@@ -109,6 +109,9 @@ def decode_labels(records: Iterable[tuple[int, int, bytes]]) -> tuple[pl.DataFra
     return _decode(records, "label_assertion", LABEL_SCHEMA, LabelFrame, _label_fields, _LABEL_COLUMNS)
 
 
+POSITIONED_IDENTITY = ("platform_run_id", "event_id", "partition", "offset")  # what `first_positions` reads
+
+
 def first_positions(frame: pl.DataFrame) -> pl.DataFrame:
     """Keep each (platform_run_id, event_id) once, at its first (partition, offset)."""
     duplicated = pl.struct("platform_run_id", "event_id").is_duplicated()
