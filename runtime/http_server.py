@@ -224,8 +224,10 @@ def create_app() -> Starlette:
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         flusher = threading.Thread(target=flush_loop, name="outbox-flusher", daemon=True)
         flusher.start()
-        if os.environ.get(SUPERVISED_ENV) == str(os.getppid()):  # a worker process of `fp serve --workers N`
-            threading.Thread(target=orphan_watch, args=(os.getppid(),), name="orphan-watch", daemon=True).start()
+        supervisor = os.environ.get(SUPERVISED_ENV)
+        if supervisor and int(supervisor) != os.getpid():  # a worker process of `fp serve --workers N`: it
+            # compares with the pid it was given, so a worker whose supervisor died before it got here stops too
+            threading.Thread(target=orphan_watch, args=(int(supervisor),), name="orphan-watch", daemon=True).start()
         yield
         stop.set()  # in-flight requests have finished when uvicorn runs the shutdown
         flusher.join(timeout=FLUSH_SECONDS + 5)
