@@ -112,7 +112,9 @@ class Router:
         self.layout, self.shards, self.bounds = layout, shards, bounds
         self.columns: dict[str, list[str]] = {}  # key field -> the columns its groups read
         for group in groups:
-            wanted = self.columns.setdefault(group.key_field, [UID, *POSITIONED_IDENTITY, TS, group.key_field])
+            # what the features read, and the uid that joins them back to their row; the first-position
+            # rule is decided on the identity shards
+            wanted = self.columns.setdefault(group.key_field, [UID, TS, group.key_field])
             wanted += [f for f in group.fields if f not in wanted]
         self._writers: dict[Path, pa.ipc.RecordBatchFileWriter] = {}
         self.next_uid = 0

@@ -1,8 +1,9 @@
 """get_features: a deterministic snapshot with provenance, durable before it is returned.
 
-State and input basis are read in one REPEATABLE READ transaction, so the basis returned is
-exactly the state that answered. The response is written to the snapshot outbox in that same
-transaction; only after commit is it returned.
+Two round trips. The first is one SQL statement, so one snapshot of the database: every requested
+group's values, the applied basis and the retention horizon, so the basis returned is exactly the
+state that answered. The second writes the response to the snapshot outbox and commits it; only
+then is it returned.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from featureplane.runtime.postgres import Database
 from featureplane.schemas.requests import InvalidRequest, parse_request
 from featureplane.schemas.streams import TRAFFIC
 
-SERIALIZATION_RETRIES = 5
+# the basis and the retention horizon ride in the serving statement as rows of its (g, key_id, p) shape
+# that no group index takes: (-1, "partition:next_offset", NULL) and (-2, "horizon_us", NULL)
+BASIS_ROW, HORIZON_ROW = -1, -2
+STATE_ROWS_SQL = (
+    f" UNION ALL SELECT {BASIS_ROW}, w.partition::text || ':' || w.next_offset::text, NULL::bigint[] "
+    f"FROM ({WATERMARKS_SQL}) w "
+    f"UNION ALL SELECT {HORIZON_ROW}, h.horizon_us::text, NULL::bigint[] FROM ({HORIZON_SQL}) h")
 
 
 class FeatureServer:
@@ -45,7 +52,7 @@ class FeatureServer:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = self.db.connect(autocommit=True)  # transactions are explicit below
+            self._conn = self.db.connect(autocommit=True)  # each statement is its own transaction
             # the serving statement's text depends only on the groups asked for (every bound is a
             # parameter): prepared once per shape, so parsing and analysis are not repeated
             self._conn.prepare_threshold = 0
@@ -70,15 +77,7 @@ class FeatureServer:
         except InvalidRequest as exc:
             return error_response("INVALID_REQUEST", exc.message, False, _safe_pins(pins))
         try:
-            for attempt in range(SERIALIZATION_RETRIES):
-                try:
-                    return self._serve(parsed)
-                except psycopg.errors.SerializationFailure:
-                    # the same snapshot stored concurrently by another request (ON CONFLICT under
-                    # REPEATABLE READ): answer again from a fresh snapshot
-                    if attempt == SERIALIZATION_RETRIES - 1:
-                        raise
-            raise AssertionError("unreachable")
+            return self._serve(parsed)
         except (psycopg.OperationalError, psycopg.InterfaceError, Unavailable):
             self._conn = None
             return error_response("UNAVAILABLE", "feature state is temporarily unavailable", True,
@@ -102,26 +101,24 @@ class FeatureServer:
         queries = [GroupQuery(g, tuple(k for kt, k in request.keys if kt == g.key_type),
                               self._widths.get(reader.group_ids[g.ref])) for g in request.groups]
         plan = plan_serving(queries, scope_id, reader.group_ids, request.as_of_us)
-        try:
-            with conn.pipeline():  # round trip 1: one snapshot, the basis and every group read in it
-                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-                basis_cur = conn.execute(WATERMARKS_SQL, (CONSUMER, TRAFFIC))
-                horizon_cur = conn.execute(HORIZON_SQL)
-                values_cur = psycopg.RawCursor(conn)
-                values_cur.execute(numbered(plan.sql), plan.params)
-            horizon = horizon_cur.fetchone()
-            if horizon is not None:
-                _check_retention(request, int(horizon[0]))
-            basis = basis_json(TRAFFIC, basis_from_rows(basis_cur.fetchall(), self.partitions), self.offset_style)
-            response = assemble(request, decode_rows(plan, values_cur.fetchall()), basis, self._provenance)
-            with conn.pipeline():  # round trip 2: the response is durable before it is returned
-                stage(conn, response)
-                conn.execute("COMMIT")
-            return response
-        except BaseException:
-            if not conn.closed:
-                conn.execute("ROLLBACK")
-            raise
+        # round trip 1: one statement (one snapshot): every group, the basis and the horizon
+        cursor = psycopg.RawCursor(conn)
+        cursor.execute(numbered(plan.sql + STATE_ROWS_SQL), [*plan.params, CONSUMER, TRAFFIC])
+        values, offsets, horizon = [], [], None
+        for row in cursor.fetchall():
+            if row[0] == BASIS_ROW:
+                partition, _, offset = row[1].partition(":")
+                offsets.append((int(partition), int(offset)))
+            elif row[0] == HORIZON_ROW:
+                horizon = int(row[1])
+            else:
+                values.append(row)
+        if horizon is not None:
+            _check_retention(request, horizon)
+        basis = basis_json(TRAFFIC, basis_from_rows(offsets, self.partitions), self.offset_style)
+        response = assemble(request, decode_rows(plan, values), basis, self._provenance)
+        stage(conn, response)  # round trip 2, autocommit: the response is durable before it is returned
+        return response
 
     def _scope_id(self, conn: psycopg.Connection, reader: OfpStateReader, pins: dict[str, str]) -> int | None:
         """Scopes are never deleted, so a found id is cached; a missing one is asked again next time."""

@@ -129,8 +129,8 @@ def flush_outbox(db: Database, store: ObjectStore, lake: DeltaLake, *, batch: in
 
 # -- the port: what serving, health and parity may do with stored snapshots ----------------------
 def stage(conn: psycopg.Connection, response: dict[str, Any]) -> None:
-    """Write a success response to the outbox inside the caller's (serving) transaction, with its
-    counts; it is durable when that transaction commits, and persisted by `flush_outbox` later."""
+    """Write a success response to the outbox with its counts; it is durable when the caller's
+    transaction commits (serving: at once, autocommit), and persisted by `flush_outbox` later."""
     warnings = response["provenance"]["warnings"]
     conn.execute(
         """INSERT INTO snapshot_outbox (snapshot_hash, response, groups_served, stale_groups, no_data_groups)
