@@ -263,8 +263,8 @@ def create_app() -> Starlette:
 
 def _stack_floor(platform: Any, local: threading.local, fixed: bytes, durable: bool) -> Callable[[Request], Any]:
     """Benchmarks only: the least any served snapshot costs in this stack. The same fixed body, after
-    the two Postgres round trips serving makes (a repeatable-read read of the basis; a durable insert
-    of the body and the commit) and nothing else: no feature read, no planning, no hashing. With
+    the two Postgres round trips serving makes (one read of the basis; a durable autocommit insert of
+    the body) and nothing else: no feature read, no planning, no hashing. With
     `durable` False, only one read of the basis (autocommit): what any answer from Postgres costs."""
     from featureplane.online.checkpoints import WATERMARKS_SQL
     from featureplane.schemas.streams import TRAFFIC
@@ -274,16 +274,9 @@ def _stack_floor(platform: Any, local: threading.local, fixed: bytes, durable: b
         if conn is None:
             conn = local.floor = platform.db.connect(autocommit=True)
             conn.execute("CREATE TABLE IF NOT EXISTS bench_floor (id bigserial PRIMARY KEY, body text)")
-        if not durable:
-            conn.execute(WATERMARKS_SQL, ("ofp", TRAFFIC)).fetchall()
-            return
-        with conn.pipeline():
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            cur = conn.execute(WATERMARKS_SQL, ("ofp", TRAFFIC))
-        cur.fetchall()
-        with conn.pipeline():
+        conn.execute(WATERMARKS_SQL, ("ofp", TRAFFIC)).fetchall()
+        if durable:
             conn.execute("INSERT INTO bench_floor (body) VALUES (%s)", (fixed.decode(),))
-            conn.execute("COMMIT")
 
     async def endpoint(request: Request) -> Response:
         await request.body()
