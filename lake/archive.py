@@ -262,12 +262,13 @@ def scan_basis_batches(lake: DeltaLake, stream: str, basis: dict[int, int], colu
                        where: pc.Expression | None = None, table: DeltaTable | None = None,
                        batch_rows: int = 262_144) -> Iterator[pl.DataFrame]:
     """`scan_basis` as a stream of frames of at most `batch_rows` rows (in no particular order), so a
-    pass over any history holds one batch at a time."""
+    pass over any history holds one batch at a time (and pyarrow reads ahead one file and a few
+    batches, not its default of four files and sixteen batches: 1.3 GB more at 5M transactions)."""
     found = _basis_scan(lake, stream, basis, columns, where, table)
     if found is None:
         return
     dataset, options, wanted = found
-    for batch in dataset.to_batches(**options, batch_size=batch_rows):
+    for batch in dataset.to_batches(**options, batch_size=batch_rows, fragment_readahead=1, batch_readahead=2):
         if batch.num_rows:
             yield _inside(pl.from_arrow(pa.Table.from_batches([batch])), wanted)  # type: ignore[arg-type]
 

@@ -26,7 +26,7 @@ from featureplane.lake.archive import archive_progress
 from featureplane.lake.delta import DeltaLake
 from featureplane.lake.object_store import ObjectStore
 from featureplane.offline.intents import BuildIntent, dataset_fingerprint, dataset_identity, manifest_id
-from featureplane.offline.replay import labels_at, transaction_batches, with_pins
+from featureplane.offline.replay import pinned_labels, transaction_batches
 from featureplane.offline.shards import (
     Layout,
     Router,
@@ -118,7 +118,7 @@ def build_dataset(lake: DeltaLake, intent: BuildIntent, step: Step = lambda _nam
         finally:
             router.close()
         step("routed", steps)
-        labels = latest_labels(with_pins(labels_at(lake, label_basis), pins), intent.label_as_of_us)
+        labels = latest_labels(pinned_labels(lake, label_basis, pins), intent.label_as_of_us)
         step("labels", steps)
         indexed = list(enumerate(intent.groups))
         by_key: dict[str, list[tuple[int, GroupDef]]] = {}
