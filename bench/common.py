@@ -30,8 +30,10 @@ def bench_app(name: str) -> Iterator[Any]:
     from featureplane.runtime.settings import load_settings
 
     atexit.register(shutil.rmtree, home, True)  # runs after the server's stop (atexit is last-in, first-out)
-    dsn = start_embedded(home / "pg", stop_at_exit=True)
-    app = App(load_settings())
+    settings = load_settings()
+    # the server runs with the profile's settings for this workload, as `fp` starts it
+    dsn = start_embedded(home / "pg", stop_at_exit=True, settings=getattr(settings.postgres, "settings", None))
+    app = App(settings)
     app.__dict__["db"] = Database(dsn)
     app.init()
     yield app
