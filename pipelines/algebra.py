@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 from featureplane.pipelines.registry import DerivedDef, FeatureDef, Where
 
@@ -91,6 +92,7 @@ class Partial:
         return None if self.kind == "max" else 0
 
 
+@cache  # pure, and asked for every feature of every request served
 def partials_of(feature: FeatureDef) -> tuple[Partial, ...]:
     if feature.agg == "count":
         return (Partial("count", None, feature.where),)

@@ -12,6 +12,8 @@ and windows shorter than two buckets, are computed from raw events.
 
 from __future__ import annotations
 
+from functools import cache
+
 import polars as pl
 
 from featureplane.pipelines.algebra import Partial, edge_spans, partials_of, window_bounds
@@ -32,6 +34,7 @@ def uses_buckets(feature: FeatureDef, width_us: int) -> bool:
 LAST_TS = Partial("max", TS, None)
 
 
+@cache  # pure, and asked several times for every hot-key group served
 def bucket_plan(group: GroupDef, width_us: int) -> tuple[Partial, ...]:
     """The distinct partials a group's buckets store (in a fixed order), always ending with the
     latest event time (for freshness)."""
