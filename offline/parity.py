@@ -92,7 +92,8 @@ def rebuild_batch(lake: DeltaLake, registry: Registry, basis: dict[str, Any], pi
                     queries[group.ref].add((key_id, request.as_of_us))
                     keys[group.key_field].add(key_id)
     columns = [c for c in TRANSACTION_SCHEMA if c not in ("partition", "offset")]
-    batches = list(transaction_batches(lake, basis, pins, columns, {f: sorted(ids) for f, ids in keys.items()}))
+    batches = list(transaction_batches(lake, basis, pins, columns,
+                                       {f: pl.Series(f, sorted(ids), pl.String()) for f, ids in keys.items()}))
     frame = pl.concat(batches) if batches else pl.DataFrame(schema=TRANSACTION_SCHEMA)
     frame = frame.join(first_copies(lake, basis, frame), on=list(POSITIONED_IDENTITY), how="semi")
     # every (group, key, as-of) asked in the batch, evaluated in one vectorised pass per group
@@ -116,8 +117,8 @@ def first_copies(lake: DeltaLake, basis: dict[str, Any], frame: pl.DataFrame) ->
     """The first position of every event id in `frame`, looked up across the whole basis (a second scan
     reading only the ids, of every run): a copy of an event at a later position is skipped online even
     when its keys or pins differ from the first copy's, so a filter by key alone could not decide it."""
-    ids = sorted(set(frame["event_id"].to_list()))
-    copies = list(transaction_batches(lake, basis, {}, ["platform_run_id", "event_id"], {"event_id": ids}))
+    ids = {"event_id": frame["event_id"]}
+    copies = list(transaction_batches(lake, basis, {}, ["platform_run_id", "event_id"], ids))
     every = pl.concat(copies) if copies else frame.select(POSITIONED_IDENTITY)
     return first_positions(every.select(POSITIONED_IDENTITY))
 

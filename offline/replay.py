@@ -58,7 +58,7 @@ def _decoded(lake: DeltaLake, basis: dict[str, Any], stream: str,
 
 
 def transaction_batches(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, str], columns: list[str],
-                        keys: dict[str, list[str]] | None = None) -> Iterator[pl.DataFrame]:
+                        keys: dict[str, pl.Series] | None = None) -> Iterator[pl.DataFrame]:
     """The transactions inside the basis that decode and carry these pins, `columns` of them, a batch
     at a time (duplicates not yet removed: `first_positions` wherever they meet); with `keys`
     ({key field: ids}), only those of at least one of the keys, filtered as the archive is read.
@@ -77,7 +77,8 @@ def transaction_batches(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, 
     for pin, value in sorted(pins.items()):
         where = where & (pc.field(pin) == value)
     if keys is not None:
-        wanted_keys = [pc.field(f).isin(sorted(ids)) for f, ids in sorted(keys.items())]
+        # the ids go to pyarrow as an Arrow array: no Python list of a million strings
+        wanted_keys = [pc.field(f).isin(ids.unique().sort().to_arrow()) for f, ids in sorted(keys.items())]
         where = where & (functools.reduce(operator.or_, wanted_keys) if wanted_keys else pc.scalar(False))
     wanted = [c for c in columns if c not in ("partition", "offset")]
     for batch in scan_basis_batches(lake, TRAFFIC, offsets, wanted, where=where, table=table):
