@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,8 +69,6 @@ def one_size(transactions: int, snapshots: int, seed: int) -> dict:
             "observation_scope": {"ts_from_utc": "2000-01-01T00:00:00Z", "ts_to_utc": "2100-01-01T00:00:00Z"},
         }
         parse_intent(intent, app.registry)  # a bad intent fails here, not in the child
-        import os
-
         os.sync()  # the archive's gigabytes reach the disk before the build is timed, not during it
         build = _build_in_child(app, intent)
         rows = build["rows"]
@@ -108,8 +107,6 @@ def one_size(transactions: int, snapshots: int, seed: int) -> dict:
 
 def _build(home: str, dsn: str, raw_intent: dict, out: multiprocessing.Queue) -> None:
     """The dataset build alone, in a fresh process: its time and its own peak RSS."""
-    import os
-
     os.environ.update({"FP_HOME": home, "FP_PG_DSN": dsn})
     from featureplane.offline.datasets import build_dataset
     from featureplane.offline.intents import parse_intent
