@@ -93,7 +93,7 @@ def rebuild_batch(lake: DeltaLake, registry: Registry, basis: dict[str, Any], pi
                     keys[group.key_field].add(key_id)
     columns = [c for c in TRANSACTION_SCHEMA if c not in ("partition", "offset")]
     batches = list(transaction_batches(lake, basis, pins, columns,
-                                       {f: pl.Series(f, sorted(ids), pl.String()) for f, ids in keys.items()}))
+                                       {f: pl.Series(f, list(ids), pl.String()) for f, ids in keys.items()}))
     frame = pl.concat(batches) if batches else pl.DataFrame(schema=TRANSACTION_SCHEMA)
     frame = frame.join(first_copies(lake, basis, frame), on=list(POSITIONED_IDENTITY), how="semi")
     # every (group, key, as-of) asked in the batch, evaluated in one vectorised pass per group

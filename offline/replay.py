@@ -29,6 +29,14 @@ def basis_offsets(basis: dict[str, Any]) -> tuple[str, dict[int, int]]:
                                              f"{exc}") from None
 
 
+def stream_offsets(basis: dict[str, Any], stream: str) -> dict[int, int]:
+    """The basis's offsets, which must be of `stream`."""
+    name, offsets = basis_offsets(basis)
+    if name != stream:
+        raise TerminalError("INVALID_BASIS", f"a basis of {name} where {stream} was expected")
+    return offsets
+
+
 def _records(lake: DeltaLake, basis: dict[str, Any]) -> list[tuple[int, int, bytes]]:
     stream, offsets = basis_offsets(basis)
     table = read_basis(lake, stream, offsets)
@@ -42,9 +50,7 @@ def _decoded(lake: DeltaLake, basis: dict[str, Any], stream: str,
     """The records inside the basis that decode, as typed rows: read from the archive's typed
     columns (decoded once, when archived), or decoded here from the bytes of an archive written
     before it had them."""
-    name, offsets = basis_offsets(basis)
-    if name != stream:
-        raise TerminalError("INVALID_BASIS", f"a basis of {name} where {stream} was expected")
+    offsets = stream_offsets(basis, stream)
     table = lake.table(table_name(stream))  # opened once: schema, progress and rows of one version
     if not has_typed_columns(lake, stream, table):
         frame, _ = decode(_records(lake, basis))
@@ -63,9 +69,7 @@ def transaction_batches(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, 
     at a time (duplicates not yet removed: `first_positions` wherever they meet); with `keys`
     ({key field: ids}), only those of at least one of the keys, filtered as the archive is read.
     An archive without typed columns is decoded whole, as one batch."""
-    name, offsets = basis_offsets(basis)
-    if name != TRAFFIC:
-        raise TerminalError("INVALID_BASIS", f"a basis of {name} where {TRAFFIC} was expected")
+    offsets = stream_offsets(basis, TRAFFIC)
     table = lake.table(table_name(TRAFFIC))
     if not has_typed_columns(lake, TRAFFIC, table):
         frame = with_pins(transactions_at(lake, basis), pins)
@@ -98,9 +102,7 @@ def pinned_labels(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, str]) 
     """`with_pins(labels_at(...))` with only the columns a dataset joins: read a batch at a time, the pins
     compared and dropped per batch, so memory follows the label assertions kept, not the archive's
     columns (700 MB less at 5M transactions). Copies are still resolved over every run."""
-    name, offsets = basis_offsets(basis)
-    if name != LABELS:
-        raise TerminalError("INVALID_BASIS", f"a basis of {name} where {LABELS} was expected")
+    offsets = stream_offsets(basis, LABELS)
     table = lake.table(table_name(LABELS))
     if not has_typed_columns(lake, LABELS, table):
         return with_pins(labels_at(lake, basis), pins)
