@@ -9,8 +9,16 @@ from __future__ import annotations
 import polars as pl
 import psycopg
 
+from featureplane.online.distinct_state import lock_groups, write_links
 from featureplane.pipelines.algebra import SUM_CAP
-from featureplane.pipelines.buckets import BUCKET, bucket_partials, bucket_plan, describe_plan, partial_columns
+from featureplane.pipelines.buckets import (
+    BUCKET,
+    bucket_partials,
+    bucket_plan,
+    describe_plan,
+    distinct_plan,
+    partial_columns,
+)
 from featureplane.pipelines.features import KEY, TS, contribution_schema
 from featureplane.pipelines.registry import GroupDef, Registry, RegistryError
 
@@ -78,7 +86,8 @@ def ensure_bucket_specs(conn: psycopg.Connection, registry: Registry, group_ids:
         conn.execute("LOCK TABLE ofp_events IN SHARE MODE")
         gid = group_ids[ref]
         conn.execute("INSERT INTO ofp_bucket_specs (group_id, width_us, partials) VALUES (%s, %s, %s)",
-                     (gid, width_us, describe_plan(bucket_plan(group, width_us))))
+                     (gid, width_us, describe_plan((*bucket_plan(group, width_us),
+                                                   *(s.partial for s in distinct_plan(group, width_us))))))
         schema = {"scope_id": pl.Int32(), **contribution_schema(group)}
         fields = ", ".join(f'"{c}"' for c in group.fields)
         cur = conn.cursor(binary=True)
@@ -86,6 +95,8 @@ def ensure_bucket_specs(conn: psycopg.Connection, registry: Registry, group_ids:
                           FROM ofp_events WHERE "{group.key_field}" IS NOT NULL""")
         existing = pl.DataFrame(cur.fetchall(), schema=schema, orient="row")
         write_buckets(conn, group, gid, width_us, bucket_partials(existing, group, width_us, by=("scope_id",)))
+        lock_groups(conn, [gid])
+        write_links(conn, group, gid, width_us, existing)
         specs[gid] = width_us
     return specs
 
@@ -148,8 +159,11 @@ EVENT_COLUMNS = ("scope_id", "partition", "offset", TS, "account_id", "card_id",
                  "device_id", "amount_minor", "channel")
 
 
-def partition_name(week: int) -> str:
-    return f"ofp_events_w{week}" if week >= 0 else f"ofp_events_wm{-week}"
+PARTITIONED = ("ofp_events", "ofp_links")  # tables partitioned by week of ts_us
+
+
+def partition_name(week: int, table: str = "ofp_events") -> str:
+    return f"{table}_w{week}" if week >= 0 else f"{table}_wm{-week}"
 
 
 def ensure_partitions(conn: psycopg.Connection, first_ts: int, last_ts: int) -> None:
@@ -163,8 +177,9 @@ def ensure_partitions(conn: psycopg.Connection, first_ts: int, last_ts: int) -> 
         return
     conn.execute("SELECT pg_advisory_xact_lock(7305, 0)")
     for week in missing:
-        conn.execute(f"""CREATE TABLE IF NOT EXISTS {partition_name(week)} PARTITION OF ofp_events
-                         FOR VALUES FROM ({week * WEEK_US}) TO ({(week + 1) * WEEK_US})""")
+        for table in PARTITIONED:
+            conn.execute(f"""CREATE TABLE IF NOT EXISTS {partition_name(week, table)} PARTITION OF {table}
+                             FOR VALUES FROM ({week * WEEK_US}) TO ({(week + 1) * WEEK_US})""")
 
 
 def migrate_contributions(conn: psycopg.Connection, registry: Registry, group_ids: dict[tuple[str, str], int]) -> int:
@@ -205,15 +220,17 @@ def enforce_retention(conn: psycopg.Connection, retention_us: int) -> int | None
     horizon = (int(row[0]) - retention_us) // WEEK_US * WEEK_US
     if current is not None and int(current[0]) >= horizon:
         return int(current[0])
-    for (name,) in conn.execute(
-            """SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                WHERE i.inhparent = 'ofp_events'::regclass""").fetchall():
-        week = -int(name.removeprefix("ofp_events_wm")) if name.startswith("ofp_events_wm") \
-            else int(name.removeprefix("ofp_events_w"))
-        if (week + 1) * WEEK_US <= horizon and name == partition_name(week):
-            conn.execute(f"DROP TABLE {name}")
-    conn.execute("""DELETE FROM ofp_buckets b USING ofp_bucket_specs s
-                     WHERE b.group_id = s.group_id AND (b.bucket + 1) * s.width_us <= %s""", (horizon,))
+    for table in PARTITIONED:
+        for (name,) in conn.execute(
+                """SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                    WHERE i.inhparent = %s::regclass""", (table,)).fetchall():
+            week = -int(name.removeprefix(f"{table}_wm")) if name.startswith(f"{table}_wm") \
+                else int(name.removeprefix(f"{table}_w"))
+            if (week + 1) * WEEK_US <= horizon and name == partition_name(week, table):
+                conn.execute(f"DROP TABLE {name}")
+    for buckets in ("ofp_buckets", "ofp_distinct_buckets"):
+        conn.execute(f"""DELETE FROM {buckets} b USING ofp_bucket_specs s
+                          WHERE b.group_id = s.group_id AND (b.bucket + 1) * s.width_us <= %s""", (horizon,))
     conn.execute("""INSERT INTO ofp_retention (horizon_us) VALUES (%s)
                     ON CONFLICT (singleton) DO UPDATE SET horizon_us = EXCLUDED.horizon_us, updated_at = now()""",
                  (horizon,))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from featureplane.online.bus.base import EventBus
 from featureplane.online.checkpoints import Fenced, Lease, advance, bump_counters, drain, record_failures
+from featureplane.online.distinct_state import lock_groups, write_links
 from featureplane.online.ofp_state import (
     CONSUMER,
     OfpStateWriter,
@@ -23,7 +24,7 @@ from featureplane.online.ofp_state import (
     register_groups,
     write_buckets,
 )
-from featureplane.pipelines.buckets import bucket_partials
+from featureplane.pipelines.buckets import bucket_partials, distinct_plan
 from featureplane.pipelines.features import TS, contributions
 from featureplane.pipelines.registry import Registry
 from featureplane.runtime.faults import commit_or_crash, crash_point
@@ -98,12 +99,14 @@ class OfpWorker:
                 scoped = fresh.join(scopes, on=["scenario_id", "run_id", "manifest_fingerprint",
                                                 "parameter_hash"], how="left")
                 written = self.writer.write_events(conn, scoped)
-                for group in self.registry.all():
-                    gid = self.writer.group_ids[group.ref]
-                    if gid in widths:
-                        part = contributions(scoped, group, carry=("scope_id",))
-                        write_buckets(conn, group, gid, widths[gid],
-                                      bucket_partials(part, group, widths[gid], by=("scope_id",)))
+                bucketed = [(g, self.writer.group_ids[g.ref]) for g in self.registry.all()
+                            if self.writer.group_ids[g.ref] in widths]
+                lock_groups(conn, [gid for g, gid in bucketed if distinct_plan(g, widths[gid])])
+                for group, gid in bucketed:
+                    part = contributions(scoped, group, carry=("scope_id",))
+                    write_buckets(conn, group, gid, widths[gid],
+                                  bucket_partials(part, group, widths[gid], by=("scope_id",)))
+                    write_links(conn, group, gid, widths[gid], part)
             crash_point("ofp_after_state_write")
             last_ts = int(fresh[TS].max()) if not fresh.is_empty() else None
             bump_counters(conn, CONSUMER, TRAFFIC, lease.partition, applied=fresh.height, duplicates=duplicates,

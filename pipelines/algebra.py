@@ -9,10 +9,21 @@ Kinds and their partials:
   sum             [sum, saturating at SUM_CAP]    merge: add, cap   finalize: sum (>= SUM_CAP: out of range)
   max             [max]                           merge: max        finalize: max (null when empty)
   mean            [count, sum]                    merge: as above   finalize: float(sum) / count, null when empty
-  count_distinct  [distinct]                      (exact; not mergeable across buckets: raw rows only)
+  count_distinct  [distinct]                      (exact; over buckets by its own rule, below)
   ratio (derived) finalize over two finished features: float(num) / float(den), null when den = 0
 
 Window rule: an event at `ts` is in the window of width `w` as of `T` when `T - w < ts <= T`.
+
+count_distinct over buckets. Distinct values do not add up across buckets, but occurrences do once
+each knows its previous occurrence: with `prev(p)` the time of the latest earlier occurrence of p's
+value under p's key, the distinct values of (lo, hi] are the occurrences p in it with prev(p) <= lo
+(none counts as -infinity). For an interior bucket k the test is settled by the bucket distance
+e = bucket(p) - bucket(prev(p)), except when prev(p) lies in the bucket L = k_lo - 1 that holds lo:
+  distinct = sum over interior k of #{p in k : e >= k - k_lo + 2}      (stored suffix counts)
+           + #{p interior : L*b <= prev(p) <= lo}                       (raw, at most one bucket)
+           + #{p in the edges : prev(p) <= lo}                          (raw, at most two buckets)
+A distance beyond `distinct_reach` is stored as out of reach: such a p counts in every window
+that holds it.
 """
 
 from __future__ import annotations
@@ -54,6 +65,20 @@ def edge_spans(as_of_us: int, width_us: int, bucket_us: int) -> list[tuple[int, 
     if k_lo > k_hi:
         return [(lo, hi)]
     return [(lo, k_lo * bucket_us - 1), ((k_hi + 1) * bucket_us - 1, hi)]
+
+
+def distinct_reach(window_us: int, bucket_us: int) -> int:
+    """The largest bucket distance a count_distinct window of width `window_us` can test: farther
+    previous occurrences lie before the start of every window that holds the occurrence."""
+    return window_us // bucket_us + 1
+
+
+def link_distance(ts_us: int, prev_us: int | None, bucket_us: int, reach: int) -> int | None:
+    """Buckets from an occurrence back to its previous one; None when there is none within `reach`."""
+    if prev_us is None:
+        return None
+    distance = ts_us // bucket_us - prev_us // bucket_us
+    return distance if distance <= reach else None
 
 
 # -- partials --------------------------------------------------------------------------------

@@ -6,29 +6,35 @@ inside the window are k_lo..k_hi with k_lo = ceil((T - w + 1) / b) and
 k_hi = floor((T + 1) / b) - 1; every other event of the window lies in one of the two edges,
 (T - w, k_lo*b) and [(k_hi+1)*b, T], each shorter than b. count, sum, max and mean decompose
 over that split exactly (integer sums, max of maxes, mean = total sum / total count), so the
-result equals `point_features` bit for bit. count_distinct does not decompose: such features,
-and windows shorter than two buckets, are computed from raw events.
+result equals `point_features` bit for bit. count_distinct decomposes by the rule in
+`pipelines.algebra` over links to previous occurrences (`relink` keeps them). Windows shorter than
+two buckets are computed from raw events.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import cache
 
 import polars as pl
 
-from featureplane.pipelines.algebra import Partial, edge_spans, partials_of, window_bounds
-from featureplane.pipelines.features import (
-    KEY,
-    TS,
-    partial_expr,
+from featureplane.pipelines.algebra import (
+    Partial,
+    distinct_reach,
+    edge_spans,
+    link_distance,
+    partials_of,
+    window_bounds,
 )
+from featureplane.pipelines.features import KEY, TS, condition_expr, partial_expr
 from featureplane.pipelines.registry import FeatureDef, GroupDef
 
 BUCKET = "bucket"
 
 
 def uses_buckets(feature: FeatureDef, width_us: int) -> bool:
-    return feature.agg != "count_distinct" and feature.window_us >= 2 * width_us
+    return feature.window_us >= 2 * width_us
 
 
 LAST_TS = Partial("max", TS, None)
@@ -41,8 +47,95 @@ def bucket_plan(group: GroupDef, width_us: int) -> tuple[Partial, ...]:
     plan: list[Partial] = []
     for feature in group.features:
         if uses_buckets(feature, width_us):
-            plan.extend(p for p in partials_of(feature) if p not in plan)
+            plan.extend(p for p in partials_of(feature) if p.mergeable and p not in plan)
     return (*plan, LAST_TS)
+
+
+@dataclass(frozen=True)
+class DistinctSlot:
+    """A count_distinct partial kept over buckets: its links and suffix counts are stored per slot."""
+
+    slot: int
+    partial: Partial
+    reach: int  # bucket distances beyond this are stored as out of reach (`algebra.distinct_reach`)
+
+
+@cache
+def distinct_plan(group: GroupDef, width_us: int) -> tuple[DistinctSlot, ...]:
+    """The count_distinct partials a group's buckets keep, each reaching as far as its widest window."""
+    reach: dict[Partial, int] = {}
+    for feature in group.features:
+        if uses_buckets(feature, width_us):
+            for partial in partials_of(feature):
+                if not partial.mergeable:
+                    reach[partial] = max(reach.get(partial, 0), distinct_reach(feature.window_us, width_us))
+    return tuple(DistinctSlot(i, partial, r) for i, (partial, r) in enumerate(reach.items()))
+
+
+def distinct_slot(group: GroupDef, width_us: int, partial: Partial) -> DistinctSlot:
+    return next(s for s in distinct_plan(group, width_us) if s.partial == partial)
+
+
+def occurrences(contribs: pl.DataFrame, partial: Partial, by: tuple[str, ...] = ()) -> pl.DataFrame:
+    """The distinct (*by, key_id, value, ts_us) at which a count_distinct partial sees a value."""
+    field = partial.field
+    assert field is not None
+    cond = condition_expr(partial.where, pl.col(field).is_not_null()).fill_null(False)
+    return (contribs.lazy().filter(cond)
+            .select(*by, KEY, pl.col(field).cast(pl.String).alias("value"), TS)
+            .unique().sort(*by, KEY, "value", TS).collect())
+
+
+Chain = tuple[tuple, list[tuple[int, int | None, bool]]]
+
+
+@dataclass
+class Relinked:
+    """What adding occurrences to some chains changes: the links to write (new ones, and stored ones
+    whose previous occurrence changed) and the suffix-count deltas per (*chain key head, bucket)."""
+
+    links: list[tuple]  # (*chain key, ts_us, prev_us, is_new)
+    far: dict[tuple, int]
+    fin: dict[tuple, list[int]]
+
+
+def relink(chains: Iterable[Chain], width_us: int, reach: int) -> Relinked:
+    """Relink chains of occurrences of one value under one key.
+
+    Each chain is (chain key, [(ts_us, stored prev_us, is_new), ...]) in time order: every new
+    occurrence, every stored one between them, and the nearest stored one on either side within
+    reach. Each occurrence's previous one is its predecessor in the list, when within reach; the
+    first item, when stored, is an anchor whose own link is not in question. The buckets are keyed
+    by the chain key without its value (the last element)."""
+    out = Relinked([], {}, {})
+
+    def count(head: tuple, ts: int, prev: int | None, sign: int) -> None:
+        bucket = (*head, ts // width_us)
+        distance = link_distance(ts, prev, width_us, reach)
+        if distance is None:
+            out.far[bucket] = out.far.get(bucket, 0) + sign
+            return
+        fin = out.fin.setdefault(bucket, [])
+        if len(fin) < distance:
+            fin.extend([0] * (distance - len(fin)))
+        for x in range(distance):
+            fin[x] += sign
+
+    for chain, items in chains:
+        head = chain[:-1]
+        for i, (ts, stored, new) in enumerate(items):
+            if i == 0 and not new:
+                continue
+            prev = items[i - 1][0] if i else None
+            if link_distance(ts, prev, width_us, reach) is None:
+                prev = None
+            if not new and prev == stored:
+                continue
+            out.links.append((*chain, ts, prev, new))
+            if not new:
+                count(head, ts, stored, -1)
+            count(head, ts, prev, +1)
+    return out
 
 
 def partial_columns(group: GroupDef, width_us: int) -> list[str]:
@@ -76,7 +169,8 @@ def raw_intervals(group: GroupDef, as_of_us: int, width_us: int) -> list[tuple[i
     """(lo, hi] ranges of event time whose raw rows the bucketed evaluation needs at `as_of_us`: the
     two edges (`algebra.edge_spans`) of every bucketed window and the whole of every raw window,
     merged where they touch."""
-    needs = [(f.window_us, uses_buckets(f, width_us)) for f in group.features]
+    needs = [(f.window_us, uses_buckets(f, width_us)) for f in group.features
+             if f.agg != "count_distinct" or not uses_buckets(f, width_us)]  # those read their links
     needs.append((group.lookback_us, group.lookback_us >= 2 * width_us))
     spans: list[tuple[int, int]] = []
     for width, bucketed in needs:
@@ -90,5 +184,5 @@ def raw_intervals(group: GroupDef, as_of_us: int, width_us: int) -> list[tuple[i
     return merged
 
 
-__all__ = ["BUCKET", "Partial", "bucket_partials", "bucket_plan", "partial_columns", "raw_intervals",
-           "uses_buckets"]
+__all__ = ["BUCKET", "DistinctSlot", "Partial", "Relinked", "bucket_partials", "bucket_plan", "distinct_plan",
+           "occurrences", "partial_columns", "raw_intervals", "relink", "uses_buckets"]

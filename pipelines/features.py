@@ -47,7 +47,7 @@ def contributions(transactions: pl.DataFrame, group: GroupDef, carry: tuple[str,
     )
 
 
-def _condition(where: Where | None, in_window: pl.Expr) -> pl.Expr:
+def condition_expr(where: Where | None, in_window: pl.Expr) -> pl.Expr:
     if where is None:
         return in_window
     column = pl.col(where.field)
@@ -89,7 +89,7 @@ def in_range_expr(column: str, dtype: pl.DataType) -> pl.Expr:
 
 def partial_expr(partial: Partial, in_window: pl.Expr) -> pl.Expr:
     """An algebra partial in polars, over the rows where `in_window` holds (null counts as false)."""
-    cond = _condition(partial.where, in_window).fill_null(False)
+    cond = condition_expr(partial.where, in_window).fill_null(False)
     if partial.kind == "count":
         return cond.sum().cast(pl.Int64)
     values = pl.col(partial.field).filter(cond)
@@ -259,7 +259,7 @@ def rolling_features(contribs: pl.DataFrame, group: GroupDef, row_id: str) -> pl
 
 def _rolling_partial(partial: Partial, width_us: int) -> pl.Expr:
     """A count, sum or max partial over the window ending at each row, along the axis."""
-    cond = _condition(partial.where, pl.col(TS).is_not_null()).fill_null(False)
+    cond = condition_expr(partial.where, pl.col(TS).is_not_null()).fill_null(False)
     period = f"{width_us}i"
     if partial.kind == "count":
         return cond.cast(pl.Int64).rolling_sum_by(AXIS, period, closed="right")
@@ -281,7 +281,7 @@ def _rolling_distinct(frame: pl.DataFrame, partial: Partial, width_us: int) -> p
     """
     field = partial.field
     assert field is not None
-    cond = _condition(partial.where, pl.col(field).is_not_null()).fill_null(False)
+    cond = condition_expr(partial.where, pl.col(field).is_not_null()).fill_null(False)
     value = pl.col(field).cast(pl.Categorical).to_physical()
     same_value = (pl.col(CODE) == pl.col(CODE).shift(-1)) & (pl.col("_value") == pl.col("_value").shift(-1))
     # grouped by (value, key) with time ascending: the axis orders keys and, within one, time

@@ -27,7 +27,7 @@ from featureplane.pipelines.algebra import (
     partials_of,
     window_bounds,
 )
-from featureplane.pipelines.buckets import LAST_TS, bucket_plan, raw_intervals, uses_buckets
+from featureplane.pipelines.buckets import LAST_TS, bucket_plan, distinct_slot, raw_intervals, uses_buckets
 from featureplane.pipelines.registry import FeatureDef, GroupDef
 
 RAW = "c"  # alias of the contributions relation in generated SQL
@@ -120,6 +120,13 @@ def _bucketed_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: 
 
     def add(partial: Partial, feature_window: int, bucketed: bool) -> None:
         nonlocal n
+        if bucketed and not partial.mergeable:
+            slot = distinct_slot(group, width, partial).slot
+            raw_columns.append(_distinct_sql(as_of, feature_window, width, (scope_id, group_id, slot), raw_params)
+                               + f" AS r{n}")
+            merged.append(f"r.r{n}")
+            n += 1
+            return
         spans = edge_spans(as_of, feature_window, width) if bucketed else [window_bounds(as_of, feature_window)]
         condition = _span_sql(spans, raw_params)
         raw_columns.append(_raw_partial_sql(partial, condition, raw_params) + f" AS r{n}")
@@ -157,6 +164,29 @@ def _bucketed_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: 
     else:
         source = f"({raw}) r"
     return f"SELECT {index} AS g, r.key AS key_id, ARRAY[{', '.join(merged)}]::bigint[] AS p FROM {source}"
+
+
+def _distinct_sql(as_of: int, window: int, width: int, slot_key: tuple[int, int, int], params: list[Any]) -> str:
+    """A count_distinct over buckets (the rule in `pipelines.algebra`): the interior buckets' suffix
+    counts, the interior links whose previous occurrence lies in lo's bucket but not after lo, and the
+    edge links whose previous occurrence is not after lo."""
+    lo, _ = window_bounds(as_of, window)
+    k_lo, k_hi = interior_buckets(as_of, window, width)
+    links = "l.scope_id = %s AND l.group_id = %s AND l.slot = %s AND l.key_id = k.key"
+    params += [k_lo, *slot_key, k_lo, k_hi]
+    interior = ("(SELECT COALESCE(sum(d.far + COALESCE(d.fin[d.bucket - %s::bigint + 2], 0)), 0) "
+                "FROM ofp_distinct_buckets d WHERE d.scope_id = %s AND d.group_id = %s AND d.slot = %s "
+                "AND d.key_id = k.key AND d.bucket BETWEEN %s::bigint AND %s::bigint)")
+    params += slot_key
+    inside = _span_sql([(k_lo * width - 1, (k_hi + 1) * width - 1)], params, "l.ts_us")
+    before = _span_sql([((k_lo - 1) * width - 1, lo)], params, "l.prev_us")
+    straddling = f"(SELECT count(*) FROM ofp_links l WHERE {links} AND {inside} AND {before})"
+    params += slot_key
+    edges = _span_sql(edge_spans(as_of, window, width), params, "l.ts_us")
+    params.append(lo)
+    first = (f"(SELECT count(*) FROM ofp_links l WHERE {links} AND {edges} "
+             "AND (l.prev_us IS NULL OR l.prev_us <= %s::bigint))")
+    return f"({interior} + {straddling} + {first})"
 
 
 def _bucket_range(group: GroupDef, as_of: int, width: int) -> tuple[int, int]:

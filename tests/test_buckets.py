@@ -81,6 +81,7 @@ def test_generated_sql_equals_the_plain_python_reference(pg_server, tmp_path_fac
         if not n:
             assert response["error_code"] == "NOT_FOUND"
             continue
+        assert "provenance" in response, response
         warned = {(w["key_id"], w["group_name"], w["group_version"]) for w in response["provenance"]["warnings"]
                   if w["code"] == "VALUE_OUT_OF_RANGE"}
         for entry in response["snapshot"]["by_key"]:
@@ -124,16 +125,16 @@ def test_hot_merchant_served_exactly_without_reading_its_window(app, monkeypatch
         response = serve(app, request([("merchant", "hot")], [("merchant_activity", "1.0")], as_of))
         expected, _ = reference.features(flat, "merchant_activity@1.0", "e_merchant_hot", as_of)
         assert response["snapshot"]["by_key"][0]["by_group"][0]["features"] == expected
-        read_rows.append(_contribution_rows_read(app, "e_merchant_hot", as_of))
+        read_rows.append(_rows_read(app, "merchant_activity", "e_merchant_hot", as_of, "ofp_events"))
     assert read_rows and 0 < max(read_rows) < 600  # of up to 6000 in the 7-day window
 
 
-def _contribution_rows_read(app, key_id: str, as_of: int) -> int:
-    """Rows the generated serving statement reads from ofp_events (EXPLAIN ANALYZE)."""
+def _rows_read(app, group_name: str, key_id: str, as_of: int, table: str) -> int:
+    """Rows the generated serving statement reads from `table` (EXPLAIN ANALYZE)."""
     from featureplane.online.ofp_state import bucket_specs, register_groups
     from featureplane.pipelines.serving_sql import GroupQuery, plan_serving
 
-    group = app.registry.get("merchant_activity", "1.0")
+    group = app.registry.get(group_name, "1.0")
     with app.db.transaction() as conn:
         ids = register_groups(conn, app.registry)
         width = bucket_specs(conn)[ids[group.ref]]
@@ -143,7 +144,81 @@ def _contribution_rows_read(app, key_id: str, as_of: int) -> int:
 
     def walk(node: dict) -> int:
         own = node.get("Actual Rows", 0) * node.get("Actual Loops", 1) \
-            if node.get("Relation Name", "").startswith("ofp_events") else 0
+            if node.get("Relation Name", "").startswith(table) else 0
         return own + sum(walk(child) for child in node.get("Plans", []))
 
     return walk(explained[0]["Plan"])
+
+
+def test_stored_links_and_suffix_counts_equal_a_rebuild_from_scratch(app):
+    """After batches in disorder (and a spec registered over applied data), every stored link and
+    suffix count equals what a brute-force pass over all occurrences gives."""
+    from featureplane.online.ofp_state import register_groups
+    from featureplane.pipelines.algebra import link_distance
+    from featureplane.pipelines.buckets import distinct_plan
+
+    rng = random.Random(11)
+    events = [txn(i, T0 + rng.randrange(0, 10 * 24 * 3600) * S, account=f"a{rng.randrange(6)}",
+                  card=f"c{rng.randrange(9)}", device=f"d{rng.randrange(3)}") for i in range(1500)]
+    rng.shuffle(events)
+    publisher = Publisher(app.db, app.bus)
+    publisher.publish(TRAFFIC, lines(events[:400]), "t")
+    group = app.registry.get("device_reuse", "1.0")
+    width = 2 * H
+    OfpWorker(app.db, app.bus, app.registry).run_until_idle()
+    publisher.publish(TRAFFIC, lines(events[400:]), "t")
+    OfpWorker(app.db, app.bus, app.registry, batch_size=97, bucketed={group.ref: width}).run_until_idle()
+    with app.db.transaction() as conn:
+        gid = register_groups(conn, app.registry)[group.ref]
+        links = {(slot, key, value, ts): prev for slot, key, value, ts, prev in conn.execute(
+            "SELECT slot, key_id, value, ts_us, prev_us FROM ofp_links WHERE group_id = %s", (gid,))}
+        counts = {(slot, key, bucket): (far, list(fin)) for slot, key, bucket, far, fin in conn.execute(
+            "SELECT slot, key_id, bucket, far, fin FROM ofp_distinct_buckets WHERE group_id = %s", (gid,))}
+    flat = [reference.flatten(e) for e in events]
+    expected_links: dict = {}
+    expected_counts: dict = {}
+    for slot in distinct_plan(group, width):
+        field = slot.partial.field
+        chains: dict = {}
+        for row in flat:
+            if row["device_id"] is not None and row[field] is not None:
+                chains.setdefault((row["device_id"], row[field]), set()).add(row[TS])
+        for (key, value), times in chains.items():
+            ordered = sorted(times)
+            for i, ts in enumerate(ordered):
+                prev = ordered[i - 1] if i else None
+                distance = link_distance(ts, prev, width, slot.reach)
+                expected_links[(slot.slot, key, value, ts)] = None if distance is None else prev
+                far, fin = expected_counts.setdefault((slot.slot, key, ts // width), [0, []])
+                if distance is None:
+                    expected_counts[(slot.slot, key, ts // width)][0] += 1
+                else:
+                    fin.extend([0] * (distance - len(fin)))
+                    for x in range(distance):
+                        fin[x] += 1
+    assert links == expected_links
+    trimmed = {cell: (far, _trim(fin)) for cell, (far, fin) in counts.items() if far or any(fin)}
+    assert trimmed == {cell: (far, _trim(fin)) for cell, (far, fin) in expected_counts.items()}
+
+
+def _trim(values: list[int]) -> list[int]:
+    while values and values[-1] == 0:
+        values = values[:-1]
+    return values
+
+
+def test_hot_device_distinct_counts_served_exactly_from_buckets(app):
+    """count_distinct over 24 h and 7 d of a device with thousands of events reads only the links at
+    the window edges, not the window."""
+    rng = random.Random(6)
+    events = [txn(i, T0 + rng.randrange(0, 7 * 24 * 3600) * S, account=f"a{i % 700}", card=f"c{i % 900}",
+                  device="hot") for i in range(6000)]
+    Publisher(app.db, app.bus).publish(TRAFFIC, lines(events), "t")
+    OfpWorker(app.db, app.bus, app.registry, batch_size=800,
+              bucketed={("device_reuse", "1.0"): 3600 * S}).run_until_idle()
+    flat = [reference.flatten(e) for e in events]
+    for as_of in (T0 + 7 * 24 * 3600 * S, T0 + 5 * 24 * 3600 * S + 1, T0 + 36 * 3600 * S - 1):
+        response = serve(app, request([("device", "hot")], [("device_reuse", "1.0")], as_of))
+        expected, _ = reference.features(flat, "device_reuse@1.0", "e_device_hot", as_of)
+        assert response["snapshot"]["by_key"][0]["by_group"][0]["features"] == expected
+        assert 0 < _rows_read(app, "device_reuse", "e_device_hot", as_of, "ofp_links") < 600  # of up to 6000
