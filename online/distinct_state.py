@@ -19,21 +19,35 @@ from featureplane.pipelines.registry import GroupDef
 
 LINK_LOCK = 7307  # advisory lock class: (LINK_LOCK, group_id) serializes the linking of one group
 
-NEIGHBOURS_SQL = """
+CROWDED = 32  # stored links inside a pair's batch range beyond which its neighbours are probed one by one
+
+_CHAIN = "group_id = %(group)s AND slot = %(slot)s AND scope_id = p.s AND key_id = p.k AND value = p.v"
+PAIR_SQL = f"""
 SELECT p.i, l.ts_us, l.prev_us
   FROM unnest(%(scope)s::int[], %(key)s::text[], %(value)s::text[], %(lo)s::bigint[], %(hi)s::bigint[])
        WITH ORDINALITY AS p(s, k, v, lo, hi, i)
  CROSS JOIN LATERAL (
-     (SELECT ts_us, prev_us FROM ofp_links
-       WHERE group_id = %(group)s AND slot = %(slot)s AND scope_id = p.s AND key_id = p.k AND value = p.v
+     (SELECT ts_us, prev_us FROM ofp_links WHERE {_CHAIN}
          AND ts_us < p.lo AND ts_us >= p.lo - %(reach)s::bigint ORDER BY ts_us DESC LIMIT 1)
      UNION ALL
-     (SELECT ts_us, prev_us FROM ofp_links
-       WHERE group_id = %(group)s AND slot = %(slot)s AND scope_id = p.s AND key_id = p.k AND value = p.v
-         AND ts_us >= p.lo AND ts_us <= p.hi)
+     (SELECT ts_us, prev_us FROM ofp_links WHERE {_CHAIN}
+         AND ts_us >= p.lo AND ts_us <= p.hi ORDER BY ts_us LIMIT {CROWDED + 1})
      UNION ALL
-     (SELECT ts_us, prev_us FROM ofp_links
-       WHERE group_id = %(group)s AND slot = %(slot)s AND scope_id = p.s AND key_id = p.k AND value = p.v
+     (SELECT ts_us, prev_us FROM ofp_links WHERE {_CHAIN}
+         AND ts_us > p.hi AND ts_us <= p.hi + %(reach)s::bigint ORDER BY ts_us LIMIT 1)) l
+"""
+# the nearest stored link on each side of each occurrence (p.lo = p.hi = its time)
+NEIGHBOUR_SQL = f"""
+SELECT p.i, l.ts_us, l.prev_us
+  FROM unnest(%(scope)s::int[], %(key)s::text[], %(value)s::text[], %(lo)s::bigint[], %(hi)s::bigint[])
+       WITH ORDINALITY AS p(s, k, v, lo, hi, i)
+ CROSS JOIN LATERAL (
+     (SELECT ts_us, prev_us FROM ofp_links WHERE {_CHAIN}
+         AND ts_us < p.lo AND ts_us >= p.lo - %(reach)s::bigint ORDER BY ts_us DESC LIMIT 1)
+     UNION ALL
+     (SELECT ts_us, prev_us FROM ofp_links WHERE {_CHAIN} AND ts_us = p.lo)
+     UNION ALL
+     (SELECT ts_us, prev_us FROM ofp_links WHERE {_CHAIN}
          AND ts_us > p.hi AND ts_us <= p.hi + %(reach)s::bigint ORDER BY ts_us LIMIT 1)) l
 """
 
@@ -60,19 +74,30 @@ def _link_slot(conn: psycopg.Connection, group_id: int, width_us: int, slot: Dis
                found: pl.DataFrame) -> int:
     pairs = found.group_by("scope_id", KEY, "value", maintain_order=True).agg(
         pl.col(TS).min().alias("lo"), pl.col(TS).max().alias("hi"), pl.col(TS).alias("ts"))
-    stored: dict[int, list[tuple[int, int | None]]] = defaultdict(list)
-    for i, ts, prev in conn.execute(NEIGHBOURS_SQL, {
-            "scope": pairs["scope_id"].to_list(), "key": pairs[KEY].to_list(), "value": pairs["value"].to_list(),
-            "lo": pairs["lo"].to_list(), "hi": pairs["hi"].to_list(), "group": group_id, "slot": slot.slot,
-            "reach": (slot.reach + 1) * width_us}):
-        stored[int(i) - 1].append((int(ts), None if prev is None else int(prev)))
+    chain_keys = list(pairs.select("scope_id", KEY, "value").iter_rows())
+    fixed = {"group": group_id, "slot": slot.slot, "reach": (slot.reach + 1) * width_us}
+    lo, hi = pairs["lo"].to_list(), pairs["hi"].to_list()
+    stored = _stored(conn, PAIR_SQL, chain_keys, lo, hi, fixed)
+    # a pair with many stored links inside its batch range (late data over a busy chain): only each
+    # occurrence's own neighbours are needed, not every link in between
+    crowded = [i for i, links in stored.items() if sum(lo[i] <= ts <= hi[i] for ts in links) > CROWDED]
+    if crowded:
+        each = (pairs[crowded].select(pl.int_range(pl.len()).alias("pair"), "scope_id", KEY, "value", "ts")
+                .explode("ts"))
+        near = _stored(conn, NEIGHBOUR_SQL, list(each.select("scope_id", KEY, "value").iter_rows()),
+                       each["ts"].to_list(), each["ts"].to_list(), fixed)
+        owners = each["pair"].to_list()
+        for i in crowded:
+            stored[i] = {}
+        for j, links in near.items():
+            stored[crowded[owners[j]]].update(links)
     chains = []
-    for i, (scope, key, value, tss) in enumerate(pairs.select("scope_id", KEY, "value", "ts").iter_rows()):
-        known = dict(stored.get(i, ()))
+    for i, (chain, tss) in enumerate(zip(chain_keys, pairs["ts"].to_list(), strict=True)):
+        known = stored.get(i, {})
         items = [(ts, prev, False) for ts, prev in known.items()]
         items += [(ts, None, True) for ts in tss if ts not in known]  # an occurrence at a stored time is not new
         items.sort()
-        chains.append(((scope, key, value), items))
+        chains.append((chain, items))
     change = relink(chains, width_us, slot.reach)
     new = [link for link in change.links if link[-1]]
     moved = [link for link in change.links if not link[-1]]
@@ -92,6 +117,17 @@ def _link_slot(conn: psycopg.Connection, group_id: int, width_us: int, slot: Dis
             (*columns[:5], group_id, slot.slot))
     _write_counts(conn, group_id, slot.slot, change.far, change.fin)
     return len(change.links)
+
+
+def _stored(conn: psycopg.Connection, sql: str, chain_keys: list[tuple], lo: list[int], hi: list[int],
+            fixed: dict) -> dict[int, dict[int, int | None]]:
+    """{row index: {ts_us: prev_us}} of the stored links `sql` finds for each (chain, lo, hi)."""
+    out: dict[int, dict[int, int | None]] = defaultdict(dict)
+    for i, ts, prev in conn.execute(sql, {
+            "scope": [c[0] for c in chain_keys], "key": [c[1] for c in chain_keys],
+            "value": [c[2] for c in chain_keys], "lo": lo, "hi": hi, **fixed}):
+        out[int(i) - 1][int(ts)] = None if prev is None else int(prev)
+    return out
 
 
 def _write_counts(conn: psycopg.Connection, group_id: int, slot: int, far: dict[tuple, int],

@@ -103,10 +103,13 @@ def relink(chains: Iterable[Chain], width_us: int, reach: int) -> Relinked:
     """Relink chains of occurrences of one value under one key.
 
     Each chain is (chain key, [(ts_us, stored prev_us, is_new), ...]) in time order: every new
-    occurrence, every stored one between them, and the nearest stored one on either side within
-    reach. Each occurrence's previous one is its predecessor in the list, when within reach; the
-    first item, when stored, is an anchor whose own link is not in question. The buckets are keyed
-    by the chain key without its value (the last element)."""
+    occurrence and, for each, the nearest stored one on either side within reach (stored ones between
+    them may be left out). A new occurrence's previous one is its predecessor in the list, when
+    within reach. A stored one changes only when its predecessor in the list is new and within
+    reach: a stored predecessor, listed or not, is the one it already has, and a new one out of
+    reach has no stored one between them that could have been listed, so the stored one's previous
+    occurrence was out of reach before as well. The buckets are keyed by the chain key without its
+    value (the last element)."""
     out = Relinked([], {}, {})
 
     def count(head: tuple, ts: int, prev: int | None, sign: int) -> None:
@@ -124,10 +127,12 @@ def relink(chains: Iterable[Chain], width_us: int, reach: int) -> Relinked:
     for chain, items in chains:
         head = chain[:-1]
         for i, (ts, stored, new) in enumerate(items):
-            if i == 0 and not new:
+            if not new and (i == 0 or not items[i - 1][2]):
                 continue
             prev = items[i - 1][0] if i else None
             if link_distance(ts, prev, width_us, reach) is None:
+                if not new:
+                    continue
                 prev = None
             if not new and prev == stored:
                 continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import polars as pl
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -150,10 +151,15 @@ def _rows_read(app, group_name: str, key_id: str, as_of: int, table: str) -> int
     return walk(explained[0]["Plan"])
 
 
-def test_stored_links_and_suffix_counts_equal_a_rebuild_from_scratch(app):
+@pytest.mark.parametrize("crowded", [0, 32])
+def test_stored_links_and_suffix_counts_equal_a_rebuild_from_scratch(app, monkeypatch, crowded):
     """After batches in disorder (and a spec registered over applied data), every stored link and
-    suffix count equals what a brute-force pass over all occurrences gives."""
+    suffix count equals what a brute-force pass over all occurrences gives; with every chain read
+    whole between a batch's first and last occurrence, and with each occurrence's neighbours probed."""
+    from featureplane.online import distinct_state
     from featureplane.online.ofp_state import register_groups
+
+    monkeypatch.setattr(distinct_state, "CROWDED", crowded)
     from featureplane.pipelines.algebra import link_distance
     from featureplane.pipelines.buckets import distinct_plan
 
@@ -189,9 +195,10 @@ def test_stored_links_and_suffix_counts_equal_a_rebuild_from_scratch(app):
                 prev = ordered[i - 1] if i else None
                 distance = link_distance(ts, prev, width, slot.reach)
                 expected_links[(slot.slot, key, value, ts)] = None if distance is None else prev
-                far, fin = expected_counts.setdefault((slot.slot, key, ts // width), [0, []])
+                cell = expected_counts.setdefault((slot.slot, key, ts // width), [0, []])
+                fin = cell[1]
                 if distance is None:
-                    expected_counts[(slot.slot, key, ts // width)][0] += 1
+                    cell[0] += 1
                 else:
                     fin.extend([0] * (distance - len(fin)))
                     for x in range(distance):
