@@ -182,9 +182,11 @@ def _distinct_sql(as_of: int, window: int, width: int, slot_key: tuple[int, int,
     before = _span_sql([((k_lo - 1) * width - 1, lo)], params, "l.prev_us")
     straddling = f"(SELECT count(*) FROM ofp_links l WHERE {links} AND {inside} AND {before})"
     params += slot_key
+    # the edges twice: on ts_us, which prunes the weekly partitions, and on ts_us + 0, the time index
     edges = _span_sql(edge_spans(as_of, window, width), params, "l.ts_us")
+    indexed = _span_sql(edge_spans(as_of, window, width), params, "(l.ts_us + 0)")
     params.append(lo)
-    first = (f"(SELECT count(*) FROM ofp_links l WHERE {links} AND {edges} "
+    first = (f"(SELECT count(*) FROM ofp_links l WHERE {links} AND {edges} AND {indexed} "
              "AND (l.prev_us IS NULL OR l.prev_us <= %s::bigint))")
     return f"({interior} + {straddling} + {first})"
 
