@@ -181,14 +181,15 @@ def _distinct_sql(as_of: int, window: int, width: int, slot_key: tuple[int, int,
     inside = _span_sql([(k_lo * width - 1, (k_hi + 1) * width - 1)], params, "l.ts_us")
     before = _span_sql([((k_lo - 1) * width - 1, lo)], params, "l.prev_us")
     straddling = f"(SELECT count(*) FROM ofp_links l WHERE {links} AND {inside} AND {before})"
-    params += slot_key
-    # the edges twice: on ts_us, which prunes the weekly partitions, and on ts_us + 0, the time index
-    edges = _span_sql(edge_spans(as_of, window, width), params, "l.ts_us")
-    indexed = _span_sql(edge_spans(as_of, window, width), params, "(l.ts_us + 0)")
-    params.append(lo)
-    first = (f"(SELECT count(*) FROM ofp_links l WHERE {links} AND {edges} AND {indexed} "
-             "AND (l.prev_us IS NULL OR l.prev_us <= %s::bigint))")
-    return f"({interior} + {straddling} + {first})"
+    firsts = []
+    for edge in edge_spans(as_of, window, width):  # one range scan each
+        params += slot_key
+        # the edge twice: on ts_us, which prunes the weekly partitions, and on ts_us + 0, the time index
+        span = f"{_span_sql([edge], params, 'l.ts_us')} AND {_span_sql([edge], params, '(l.ts_us + 0)')}"
+        params.append(lo)
+        firsts.append(f"(SELECT count(*) FROM ofp_links l WHERE {links} AND {span} "
+                      "AND (l.prev_us IS NULL OR l.prev_us <= %s::bigint))")
+    return f"({' + '.join([interior, straddling, *firsts])})"
 
 
 def _bucket_range(group: GroupDef, as_of: int, width: int) -> tuple[int, int]:

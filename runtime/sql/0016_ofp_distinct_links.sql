@@ -17,7 +17,7 @@ CREATE UNIQUE INDEX ofp_links_chain ON ofp_links (group_id, slot, scope_id, key_
 -- Serving reads a key's links by time (any value) through this index, which is on ts_us + 0 rather
 -- than ts_us so that the worker's probes of one (key, value) chain by time cannot use it: the planner
 -- sees one row either way and would otherwise filter a busy key's links by value.
-CREATE INDEX ofp_links_time ON ofp_links (group_id, slot, scope_id, key_id, (ts_us + 0)) INCLUDE (prev_us);
+CREATE INDEX ofp_links_time ON ofp_links (group_id, slot, scope_id, key_id, (ts_us + 0)) INCLUDE (prev_us, ts_us);
 CREATE INDEX ofp_links_prev ON ofp_links (group_id, slot, scope_id, key_id, prev_us) INCLUDE (ts_us);
 
 CREATE TABLE ofp_distinct_buckets (
