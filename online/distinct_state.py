@@ -21,37 +21,32 @@ LINK_LOCK = 7307  # advisory lock class: (LINK_LOCK, group_id) serializes the li
 
 CROWDED = 32  # stored links inside a pair's batch range beyond which its neighbours are probed one by one
 
-# every probe orders by (value, ts_us): only the chain index (value before time) gives that order, so the
-# planner cannot pick the time index and filter a busy key's links by value
 _CHAIN = "group_id = %(group)s AND slot = %(slot)s AND scope_id = p.s AND key_id = p.k AND value = p.v"
-PAIR_SQL = f"""
+
+
+def _probe_sql(middle: str) -> str:
+    """Stored links of each (chain, lo, hi): the nearest one before lo and after hi within reach, and
+    those `middle` selects in between. The time index (on ts_us + 0) cannot serve these, so each is
+    one range scan of the chain index, however many links the key has."""
+    return f"""
 SELECT p.i, l.ts_us, l.prev_us
   FROM unnest(%(scope)s::int[], %(key)s::text[], %(value)s::text[], %(lo)s::bigint[], %(hi)s::bigint[])
        WITH ORDINALITY AS p(s, k, v, lo, hi, i)
  CROSS JOIN LATERAL (
      (SELECT ts_us, prev_us FROM ofp_links WHERE {_CHAIN}
-         AND ts_us < p.lo AND ts_us >= p.lo - %(reach)s::bigint ORDER BY value DESC, ts_us DESC LIMIT 1)
+         AND ts_us < p.lo AND ts_us >= p.lo - %(reach)s::bigint ORDER BY ts_us DESC LIMIT 1)
+     UNION ALL
+     (SELECT ts_us, prev_us FROM ofp_links WHERE {_CHAIN} AND {middle})
      UNION ALL
      (SELECT ts_us, prev_us FROM ofp_links WHERE {_CHAIN}
-         AND ts_us >= p.lo AND ts_us <= p.hi ORDER BY value, ts_us LIMIT {CROWDED + 1})
-     UNION ALL
-     (SELECT ts_us, prev_us FROM ofp_links WHERE {_CHAIN}
-         AND ts_us > p.hi AND ts_us <= p.hi + %(reach)s::bigint ORDER BY value, ts_us LIMIT 1)) l
+         AND ts_us > p.hi AND ts_us <= p.hi + %(reach)s::bigint ORDER BY ts_us LIMIT 1)) l
 """
-# the nearest stored link on each side of each occurrence (p.lo = p.hi = its time)
-NEIGHBOUR_SQL = f"""
-SELECT p.i, l.ts_us, l.prev_us
-  FROM unnest(%(scope)s::int[], %(key)s::text[], %(value)s::text[], %(lo)s::bigint[], %(hi)s::bigint[])
-       WITH ORDINALITY AS p(s, k, v, lo, hi, i)
- CROSS JOIN LATERAL (
-     (SELECT ts_us, prev_us FROM ofp_links WHERE {_CHAIN}
-         AND ts_us < p.lo AND ts_us >= p.lo - %(reach)s::bigint ORDER BY value DESC, ts_us DESC LIMIT 1)
-     UNION ALL
-     (SELECT ts_us, prev_us FROM ofp_links WHERE {_CHAIN} AND ts_us = p.lo)
-     UNION ALL
-     (SELECT ts_us, prev_us FROM ofp_links WHERE {_CHAIN}
-         AND ts_us > p.hi AND ts_us <= p.hi + %(reach)s::bigint ORDER BY value, ts_us LIMIT 1)) l
-"""
+
+
+# per pair: every stored link between its batch's first and last occurrence (up to CROWDED + 1)
+PAIR_SQL = _probe_sql(f"ts_us >= p.lo AND ts_us <= p.hi ORDER BY ts_us LIMIT {CROWDED + 1}")
+# per occurrence (p.lo = p.hi = its time): its nearest neighbours, and itself if already stored
+NEIGHBOUR_SQL = _probe_sql("ts_us = p.lo")
 
 
 def lock_groups(conn: psycopg.Connection, group_ids: list[int]) -> None:

@@ -106,10 +106,9 @@ def relink(chains: Iterable[Chain], width_us: int, reach: int) -> Relinked:
     occurrence and, for each, the nearest stored one on either side within reach (stored ones between
     them may be left out). A new occurrence's previous one is its predecessor in the list, when
     within reach. A stored one changes only when its predecessor in the list is new and within
-    reach: a stored predecessor, listed or not, is the one it already has, and a new one out of
-    reach has no stored one between them that could have been listed, so the stored one's previous
-    occurrence was out of reach before as well. The buckets are keyed by the chain key without its
-    value (the last element)."""
+    reach: a stored predecessor, listed or not, is the one it already has; after a new one out of
+    reach, its previous occurrence is out of reach or unchanged, whatever lies between. The buckets
+    are keyed by the chain key without its value (the last element)."""
     out = Relinked([], {}, {})
 
     def count(head: tuple, ts: int, prev: int | None, sign: int) -> None:
