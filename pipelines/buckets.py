@@ -110,18 +110,16 @@ def relink(chains: Iterable[Chain], width_us: int, reach: int) -> Relinked:
     reach, its previous occurrence is out of reach or unchanged, whatever lies between. The buckets
     are keyed by the chain key without its value (the last element)."""
     out = Relinked([], {}, {})
+    distances: dict[tuple, dict[int, int]] = {}  # per bucket: net links per distance within reach
 
     def count(head: tuple, ts: int, prev: int | None, sign: int) -> None:
         bucket = (*head, ts // width_us)
         distance = link_distance(ts, prev, width_us, reach)
         if distance is None:
             out.far[bucket] = out.far.get(bucket, 0) + sign
-            return
-        fin = out.fin.setdefault(bucket, [])
-        if len(fin) < distance:
-            fin.extend([0] * (distance - len(fin)))
-        for x in range(distance):
-            fin[x] += sign
+        else:
+            tally = distances.setdefault(bucket, {})
+            tally[distance] = tally.get(distance, 0) + sign
 
     for chain, items in chains:
         head = chain[:-1]
@@ -139,6 +137,13 @@ def relink(chains: Iterable[Chain], width_us: int, reach: int) -> Relinked:
             if not new:
                 count(head, ts, stored, -1)
             count(head, ts, prev, +1)
+    for bucket, tally in distances.items():  # suffix sums once per bucket: fin[x - 1] = links at distance >= x
+        fin = [0] * max(tally)
+        running = 0
+        for x in range(len(fin), 0, -1):
+            running += tally.get(x, 0)
+            fin[x - 1] = running
+        out.fin[bucket] = fin
     return out
 
 
