@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,52 +131,75 @@ class ArchiveWriter:
         return stats
 
     def _drain(self, stream: str, stats: ArchiveStats) -> None:
+        """Commit the stream's visible records a commit's worth at a time. A commit runs on a thread
+        of its own while the next commit's records are read and decoded (the Delta write releases
+        the GIL); commits stay one at a time and in order, each checking the marker it extends."""
         progress = archive_progress(self.lake, stream)
         existing = self.lake.table(table_name(stream))
         # an existing table keeps its columns: an archive from before typed columns or decimal offsets
         # is still appended to as it is, until `fp archive rebuild` rewrites it in the current layout
         schema = archive_schema(stream) if existing is None else pa.schema(existing.schema().to_arrow())
-        offset_type = schema.field("offset").type
         with self.db.transaction() as conn:  # blocks the archive has moved past (after an operator skip)
             for partition, offset in progress.items():
                 clear_blocks(conn, CONSUMER, stream, partition, offset)
-        while True:
-            parts: list[pa.Table] = []
-            new_progress = dict(progress)
-            budget = self.max_records
-            for partition in self.bus.partitions(stream):
-                offset = progress.get(partition, 0)
-                while budget > 0:
-                    try:
-                        batch = self.bus.read(stream, partition, offset, min(self.read_batch, budget))
-                    except BusCorrupt as exc:  # this partition waits for an operator; the others go on
-                        record_block(self.db, CONSUMER, exc)
-                        break
-                    if len(batch):
-                        if offset_type != pa.string() and batch.offsets[-1] >= 2**63:
-                            raise TerminalError("ARCHIVE_OFFSET_TYPE", "this archive was written with int64 "
-                                                "offsets and cannot hold this bus's; run `fp archive rebuild`")
-                        parts.append(typed_rows(stream, batch.triples(), schema))
-                        budget -= len(batch)
-                    offset = batch.next_offset
-                    if batch.caught_up or not len(batch):
-                        break
-                new_progress[partition] = offset
-            if not parts:
-                return
-            if archive_progress(self.lake, stream) != progress:
-                raise ArchiveConflict(f"the archive of {stream} moved under this writer; restart to resume")
-            rows = pa.concat_tables(parts)
-            # decimal strings: a commit marker is JSON that other readers may parse as doubles
-            marker = {str(p): str(o) for p, o in sorted(new_progress.items())}
-            self.lake.append(table_name(stream), _crash_after_files(rows), marker=marker)
-            crash_point("archive_after_commit")
-            progress = new_progress
-            stats.commits += 1
-            stats.records += rows.num_rows
-            stats.per_stream[stream] = stats.per_stream.get(stream, 0) + rows.num_rows
-            if self.on_progress:
-                self.on_progress(stream, rows.num_rows)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fp-archive-commit") as committer:
+            pending: Future[None] | None = None
+            try:
+                while True:
+                    parts, reached = self._read(stream, progress, schema)
+                    if pending is not None:
+                        pending.result()  # the previous commit is in (or its error is raised here)
+                        pending = None
+                    if not parts:
+                        return
+                    pending = committer.submit(self._commit, stream, parts, progress, reached, stats)
+                    progress = reached
+            finally:
+                if pending is not None:
+                    pending.result()
+
+    def _read(self, stream: str, progress: dict[int, int], schema: pa.Schema,
+              ) -> tuple[list[pa.Table], dict[int, int]]:
+        """Up to a commit's worth of archive rows from `progress` on, and the positions they reach."""
+        offset_type = schema.field("offset").type
+        parts: list[pa.Table] = []
+        reached = dict(progress)
+        budget = self.max_records
+        for partition in self.bus.partitions(stream):
+            offset = progress.get(partition, 0)
+            while budget > 0:
+                try:
+                    batch = self.bus.read(stream, partition, offset, min(self.read_batch, budget))
+                except BusCorrupt as exc:  # this partition waits for an operator; the others go on
+                    record_block(self.db, CONSUMER, exc)
+                    break
+                if len(batch):
+                    if offset_type != pa.string() and batch.offsets[-1] >= 2**63:
+                        raise TerminalError("ARCHIVE_OFFSET_TYPE", "this archive was written with int64 "
+                                            "offsets and cannot hold this bus's; run `fp archive rebuild`")
+                    parts.append(typed_rows(stream, batch.triples(), schema))
+                    budget -= len(batch)
+                offset = batch.next_offset
+                if batch.caught_up or not len(batch):
+                    break
+            reached[partition] = offset
+        return parts, reached
+
+    def _commit(self, stream: str, parts: list[pa.Table], extends: dict[int, int], reached: dict[int, int],
+                stats: ArchiveStats) -> None:
+        """One Delta commit of `parts` with the marker `reached`, if the archive still ends at `extends`."""
+        if archive_progress(self.lake, stream) != extends:
+            raise ArchiveConflict(f"the archive of {stream} moved under this writer; restart to resume")
+        rows = pa.concat_tables(parts)
+        # decimal strings: a commit marker is JSON that other readers may parse as doubles
+        marker = {str(p): str(o) for p, o in sorted(reached.items())}
+        self.lake.append(table_name(stream), _crash_after_files(rows), marker=marker)
+        crash_point("archive_after_commit")
+        stats.commits += 1
+        stats.records += rows.num_rows
+        stats.per_stream[stream] = stats.per_stream.get(stream, 0) + rows.num_rows
+        if self.on_progress:
+            self.on_progress(stream, rows.num_rows)
 
 
 def rebuild_archive(db: Database, lake: DeltaLake, stream: str, batch_rows: int = 50_000) -> dict[str, Any]:

@@ -26,6 +26,7 @@ LABELS = ("fraud", "legit")
 SCHEMA_VERSION = "v1"
 MAX_SIGNED_64 = 2**63 - 1  # seed, arrival_seq: what a bigint column holds
 MAX_EXACT_INT = 2**53 - 1  # amount_minor: what an IEEE double (and RFC 8785) carries exactly
+CANONICAL_TEXT = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}Z$"
 FORBIDDEN_TEXT = re.compile(r"[\x00\ud800-\udfff]")  # NUL and unpaired surrogates: no store can hold them
 # in JSON text, such characters can only come from these escapes (raw NUL is invalid JSON, and UTF-8
 # cannot carry a surrogate): text without them parses to strings that need no scan
@@ -157,11 +158,10 @@ def vector_check(kind: str, column: str) -> VectorCheck:
     col = pl.col(column)
     none = pl.lit(None, pl.Int64)
     if kind in ("time", "time?"):
-        parsed = col.str.strptime(pl.Datetime("us"), CANONICAL_FORMAT, strict=False)
-        micros = parsed.dt.epoch("us")
-        # canonical text only: it must print back to itself (no leap second, no sign, no offset) and
-        # stay in the years 0001-9999
-        ok = (parsed.dt.strftime(CANONICAL_FORMAT) == col) & micros.is_between(MIN_US, MAX_US)
+        micros = col.str.strptime(pl.Datetime("us"), CANONICAL_FORMAT, strict=False).dt.epoch("us")
+        # canonical text only: every digit there (no sign, no offset), no leap second (chrono would
+        # read :60 as the next minute), a real date (else null), in the years 0001-9999
+        ok = col.str.contains(CANONICAL_TEXT) & micros.is_between(MIN_US, MAX_US)
         ok = ok.fill_null(False)
         return VectorCheck(col.is_null() | ok if kind == "time?" else ok, micros)
     if kind == "pin":

@@ -135,3 +135,33 @@ def test_stamps_formatted_column_wise_equal_format_ts(micros):
     micros = [*micros, MIN_US, MAX_US, 0, -1]
     got = pl.DataFrame({"us": micros}).select(format_ts_expr(pl.col("us")))["us"].to_list()
     assert got == [format_ts(m) for m in micros]
+
+
+STAMP_PIECES = st.sampled_from(["0", "1", "2", "3", "5", "6", "9", "-", ":", "T", "Z", ".", "+", " ", "z"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(
+    st.builds(lambda y, mo, d, h, mi, s, f: f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}.{f:06d}Z",
+              st.integers(0, 9999), st.integers(0, 13), st.integers(0, 32), st.integers(0, 25), st.integers(0, 61),
+              st.integers(0, 61), st.integers(0, 999999)),
+    st.lists(STAMP_PIECES, max_size=30).map("".join),
+    TEXTS), min_size=1, max_size=40))
+def test_time_rule_column_wise_accepts_only_canonical_stamps(texts):
+    """`vector_check("time")` passes a text only when the per-record rule finds it canonical, and
+    then gives the same microseconds (hand-built stamps on and past every field's bounds)."""
+    import polars as pl
+
+    from featureplane.pipelines.timefmt import TimestampError, canonical, parse_rfc3339
+    from featureplane.schemas.envelope import vector_check
+
+    check = vector_check("time", "t")
+    got = pl.DataFrame({"t": texts}, schema={"t": pl.String()}).select(check.ok.alias("ok"), check.micros.alias("us"))
+    for text, ok, micros in zip(texts, got["ok"], got["us"], strict=True):
+        try:
+            expected = canonical(text) == text
+        except TimestampError:
+            expected = False
+        assert ok == expected, text
+        if ok:
+            assert micros == parse_rfc3339(text)
