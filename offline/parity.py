@@ -116,11 +116,21 @@ def rebuild_batch(lake: DeltaLake, registry: Registry, basis: dict[str, Any], pi
 def first_copies(lake: DeltaLake, basis: dict[str, Any], frame: pl.DataFrame) -> pl.DataFrame:
     """The first position of every event id in `frame`, looked up across the whole basis (a second scan
     reading only the ids, of every run): a copy of an event at a later position is skipped online even
-    when its keys or pins differ from the first copy's, so a filter by key alone could not decide it."""
-    ids = {"event_id": frame["event_id"]}
-    copies = list(transaction_batches(lake, basis, {}, ["platform_run_id", "event_id"], ids))
-    every = pl.concat(copies) if copies else frame.select(POSITIONED_IDENTITY)
-    return first_positions(every.select(POSITIONED_IDENTITY))
+    when its keys or pins differ from the first copy's, so a filter by key alone could not decide it.
+
+    The scan keeps the rows whose identity hash is one of `frame`'s (integers looked up, not a set of
+    a million strings built for every batch): every copy is kept, and a row kept by a hash collision
+    is another event's, which `first_positions` keeps apart."""
+    wanted = frame.select(_identity_hash()).to_series().unique().implode()
+    kept = []
+    for batch in transaction_batches(lake, basis, {}, ["platform_run_id", "event_id"]):
+        kept.append(batch.filter(_identity_hash().is_in(wanted)).select(POSITIONED_IDENTITY))
+    return first_positions(pl.concat(kept)) if kept else frame.select(POSITIONED_IDENTITY).clear()
+
+
+def _identity_hash() -> pl.Expr:
+    """A 64-bit hash of (platform_run_id, event_id), fixed within one process."""
+    return pl.struct("platform_run_id", "event_id").hash(seed=0x70617269).alias("_identity")
 
 
 def check_snapshots(lake: DeltaLake, registry: Registry, stored: list[dict[str, Any]],
