@@ -19,6 +19,7 @@ from featureplane.pipelines.buckets import (
     distinct_plan,
     partial_columns,
 )
+from featureplane.pipelines.errors import TerminalError
 from featureplane.pipelines.features import KEY, TS, contribution_schema
 from featureplane.pipelines.registry import GroupDef, Registry, RegistryError
 
@@ -76,12 +77,23 @@ def write_buckets(conn: psycopg.Connection, group: GroupDef, group_id: int, widt
 def ensure_bucket_specs(conn: psycopg.Connection, registry: Registry, group_ids: dict[tuple[str, str], int],
                         wanted: dict[tuple[str, str], int]) -> dict[int, int]:
     """Register bucket specs for the configured groups; a new spec is backfilled from the
-    contributions already applied, under a lock that holds writers back until it commits."""
+    contributions already applied, under a lock that holds writers back until it commits. A group
+    registered at another width is refused (`BUCKET_WIDTH_CHANGED`): serving processes hold the
+    registered width, so its buckets cannot be rebuilt under them."""
     conn.execute("SELECT pg_advisory_xact_lock(7304, 0)")
     specs = bucket_specs(conn)
     for ref, width_us in sorted(wanted.items()):
         group = registry.get(*ref)
-        if group is None or group_ids[ref] in specs:
+        if group is None:
+            continue
+        registered = specs.get(group_ids[ref])
+        if registered is not None and registered != width_us:
+            raise TerminalError(
+                "BUCKET_WIDTH_CHANGED",
+                f"{ref[0]}@{ref[1]} is registered for hot keys at {registered // 1_000_000} s, but the profile's "
+                f"serving.bucketed_groups says {width_us // 1_000_000} s; a registered width cannot change "
+                "under running servers: put the registered width back in the profile")
+        if registered is not None:
             continue
         conn.execute("LOCK TABLE ofp_events IN SHARE MODE")
         gid = group_ids[ref]

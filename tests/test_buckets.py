@@ -229,3 +229,17 @@ def test_hot_device_distinct_counts_served_exactly_from_buckets(app):
         expected, _ = reference.features(flat, "device_reuse@1.0", "e_device_hot", as_of)
         assert response["snapshot"]["by_key"][0]["by_group"][0]["features"] == expected
         assert 0 < _rows_read(app, "device_reuse", "e_device_hot", as_of, "ofp_links") < 600  # of up to 6000
+
+
+def test_a_registered_width_cannot_change_under_servers(app):
+    """A group registered for hot keys at one width is refused at another (servers hold the width they
+    read), with a reason code that names the fix; the registered width itself still starts."""
+    from featureplane.pipelines.errors import TerminalError
+
+    ref = ("card_velocity", "1.0")
+    OfpWorker(app.db, app.bus, app.registry, bucketed={ref: 1800 * S})
+    with pytest.raises(TerminalError) as refused:
+        OfpWorker(app.db, app.bus, app.registry, bucketed={ref: 900 * S})
+    assert refused.value.reason_code == "BUCKET_WIDTH_CHANGED"
+    assert "1800 s" in refused.value.message and "900 s" in refused.value.message
+    OfpWorker(app.db, app.bus, app.registry, bucketed={ref: 1800 * S})
