@@ -10,7 +10,7 @@ import polars as pl
 import psycopg
 
 from featureplane.online.distinct_state import lock_groups, write_links
-from featureplane.pipelines.algebra import SUM_CAP
+from featureplane.pipelines.algebra import SUM_CAP, Partial
 from featureplane.pipelines.buckets import (
     BUCKET,
     bucket_partials,
@@ -59,19 +59,25 @@ def write_buckets(conn: psycopg.Connection, group: GroupDef, group_id: int, widt
     if partials.is_empty():
         return 0
     columns = partial_columns(group, width_us)
-    is_max = [not p.additive for p in bucket_plan(group, width_us)]
-    arrays = ["{" + ",".join("NULL" if v is None else str(v) for v in row) + "}"
-              for row in partials.select(columns).iter_rows()]
+    arrays = partials.select(pl.concat_str(
+        pl.lit("{"), pl.concat_str([pl.col(c).cast(pl.String).fill_null("NULL") for c in columns], separator=","),
+        pl.lit("}"))).to_series().to_list()  # bigint[] literals
+    merged = _merged(bucket_plan(group, width_us))
     conn.execute(
-        """INSERT INTO ofp_buckets AS t (scope_id, group_id, key_id, bucket, p)
+        f"""INSERT INTO ofp_buckets AS t (scope_id, group_id, key_id, bucket, p)
            SELECT s, %s, k, b, a::bigint[] FROM unnest(%s::int[], %s::text[], %s::bigint[], %s::text[]) AS u(s, k, b, a)
-           ON CONFLICT (scope_id, group_id, key_id, bucket) DO UPDATE SET p = ARRAY(
-               SELECT CASE WHEN m THEN GREATEST(x, y) ELSE LEAST(x + y, %s) END
-                 FROM unnest(t.p, EXCLUDED.p, %s::boolean[]) WITH ORDINALITY AS v(x, y, m, i) ORDER BY i)""",
-        (group_id, partials["scope_id"].to_list(), partials[KEY].to_list(), partials[BUCKET].to_list(), arrays,
-         SUM_CAP, is_max),
+           ON CONFLICT (scope_id, group_id, key_id, bucket) DO UPDATE SET p = {merged}""",
+        (group_id, partials["scope_id"].to_list(), partials[KEY].to_list(), partials[BUCKET].to_list(), arrays),
     )
     return partials.height
+
+
+def _merged(plan: tuple[Partial, ...]) -> str:
+    """The stored partials merged with the incoming ones, element by element (`Partial.merge`: add,
+    saturating at SUM_CAP, or take the greater), as one array constructor."""
+    merged = [f"LEAST(t.p[{i}] + EXCLUDED.p[{i}], {SUM_CAP})" if p.additive else f"GREATEST(t.p[{i}], EXCLUDED.p[{i}])"
+              for i, p in enumerate(plan, start=1)]
+    return f"ARRAY[{', '.join(merged)}]::bigint[]"
 
 
 def ensure_bucket_specs(conn: psycopg.Connection, registry: Registry, group_ids: dict[tuple[str, str], int],
