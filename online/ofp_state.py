@@ -59,15 +59,21 @@ def write_buckets(conn: psycopg.Connection, group: GroupDef, group_id: int, widt
     if partials.is_empty():
         return 0
     columns = partial_columns(group, width_us)
-    arrays = partials.select(pl.concat_str(
-        pl.lit("{"), pl.concat_str([pl.col(c).cast(pl.String).fill_null("NULL") for c in columns], separator=","),
-        pl.lit("}"))).to_series().to_list()  # bigint[] literals
+    # each column as one joined text, split in Postgres (no Python object per value to adapt): keys
+    # are entity ids (no comma), each row's partials a bigint[] literal (joined by ';')
+    literal = pl.concat_str(pl.lit("{"), pl.concat_str([pl.col(c).cast(pl.String).fill_null("NULL") for c in columns],
+                                                      separator=","), pl.lit("}"))
+    scopes, keys, buckets, arrays = partials.select(
+        pl.col("scope_id").cast(pl.String).str.join(","), pl.col(KEY).str.join(","),
+        pl.col(BUCKET).cast(pl.String).str.join(","), literal.str.join(";")).row(0)
     merged = _merged(bucket_plan(group, width_us))
     conn.execute(
         f"""INSERT INTO ofp_buckets AS t (scope_id, group_id, key_id, bucket, p)
-           SELECT s, %s, k, b, a::bigint[] FROM unnest(%s::int[], %s::text[], %s::bigint[], %s::text[]) AS u(s, k, b, a)
+           SELECT s, %s, k, b, a::bigint[]
+             FROM unnest(string_to_array(%s, ',')::int[], string_to_array(%s, ','),
+                         string_to_array(%s, ',')::bigint[], string_to_array(%s, ';')) AS u(s, k, b, a)
            ON CONFLICT (scope_id, group_id, key_id, bucket) DO UPDATE SET p = {merged}""",
-        (group_id, partials["scope_id"].to_list(), partials[KEY].to_list(), partials[BUCKET].to_list(), arrays),
+        (group_id, scopes, keys, buckets, arrays),
     )
     return partials.height
 
@@ -147,12 +153,16 @@ class OfpStateWriter:
         """Insert event ids; return only the rows seen for the first time (not already applied)."""
         if frame.is_empty():
             return frame
+        # each column as one comma-joined text (ids, pins and offsets hold no comma: their charsets are
+        # checked at decoding), split in Postgres: no Python object per value to adapt
+        joined = frame.select(pl.col("platform_run_id", "event_id", "offset").str.join(","),
+                              pl.col("partition").cast(pl.String).str.join(",")).row(0)
         claimed = conn.execute(
             """INSERT INTO ofp_event_ids (platform_run_id, event_id, partition, "offset")
-               SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::numeric[])
+               SELECT * FROM unnest(string_to_array(%s, ','), string_to_array(%s, ','),
+                                    string_to_array(%s, ',')::int[], string_to_array(%s, ',')::numeric[])
                ON CONFLICT DO NOTHING RETURNING partition, "offset"::text""",
-            (frame["platform_run_id"].to_list(), frame["event_id"].to_list(), frame["partition"].to_list(),
-             frame["offset"].to_list()),
+            (joined[0], joined[1], joined[3], joined[2]),
         ).fetchall()
         keep = pl.DataFrame(claimed, schema={"partition": pl.Int64(), "offset": pl.String()}, orient="row")
         return frame.join(keep, on=["partition", "offset"], how="semi")
