@@ -155,14 +155,14 @@ class OfpStateWriter:
             return frame
         # each column as one comma-joined text (ids, pins and offsets hold no comma: their charsets are
         # checked at decoding), split in Postgres: no Python object per value to adapt
-        joined = frame.select(pl.col("platform_run_id", "event_id", "offset").str.join(","),
-                              pl.col("partition").cast(pl.String).str.join(",")).row(0)
+        joined = frame.select(pl.col("platform_run_id", "event_id").str.join(","),
+                              pl.col("partition").cast(pl.String).str.join(","), pl.col("offset").str.join(",")).row(0)
         claimed = conn.execute(
             """INSERT INTO ofp_event_ids (platform_run_id, event_id, partition, "offset")
                SELECT * FROM unnest(string_to_array(%s, ','), string_to_array(%s, ','),
                                     string_to_array(%s, ',')::int[], string_to_array(%s, ',')::numeric[])
                ON CONFLICT DO NOTHING RETURNING partition, "offset"::text""",
-            (joined[0], joined[1], joined[3], joined[2]),
+            joined,
         ).fetchall()
         keep = pl.DataFrame(claimed, schema={"partition": pl.Int64(), "offset": pl.String()}, orient="row")
         return frame.join(keep, on=["partition", "offset"], how="semi")

@@ -15,6 +15,9 @@ RFC3339 = re.compile(
     re.ASCII,
 )
 CANONICAL = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$", re.ASCII)
+# CANONICAL for a polars column check (`envelope.vector_check`): ASCII classes (polars' \d is any
+# Unicode digit) and the time of day bounded (chrono reads :60 as the next minute)
+CANONICAL_COLUMN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}Z$"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EPOCH_NAIVE = datetime(1970, 1, 1)
 US_PER_SECOND = 1_000_000

@@ -13,7 +13,15 @@ from typing import Any
 import polars as pl
 
 from featureplane.pipelines.errors import RejectedEvent
-from featureplane.pipelines.timefmt import CANONICAL_FORMAT, MAX_US, MIN_US, TimestampError, canonical, parse_rfc3339
+from featureplane.pipelines.timefmt import (
+    CANONICAL_COLUMN,
+    CANONICAL_FORMAT,
+    MAX_US,
+    MIN_US,
+    TimestampError,
+    canonical,
+    parse_rfc3339,
+)
 
 EVENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 PIN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -26,7 +34,6 @@ LABELS = ("fraud", "legit")
 SCHEMA_VERSION = "v1"
 MAX_SIGNED_64 = 2**63 - 1  # seed, arrival_seq: what a bigint column holds
 MAX_EXACT_INT = 2**53 - 1  # amount_minor: what an IEEE double (and RFC 8785) carries exactly
-CANONICAL_TEXT = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}Z$"
 FORBIDDEN_TEXT = re.compile(r"[\x00\ud800-\udfff]")  # NUL and unpaired surrogates: no store can hold them
 # in JSON text, such characters can only come from these escapes (raw NUL is invalid JSON, and UTF-8
 # cannot carry a surrogate): text without them parses to strings that need no scan
@@ -161,7 +168,7 @@ def vector_check(kind: str, column: str) -> VectorCheck:
         micros = col.str.strptime(pl.Datetime("us"), CANONICAL_FORMAT, strict=False).dt.epoch("us")
         # canonical text only: every digit there (no sign, no offset), no leap second (chrono would
         # read :60 as the next minute), a real date (else null), in the years 0001-9999
-        ok = col.str.contains(CANONICAL_TEXT) & micros.is_between(MIN_US, MAX_US)
+        ok = col.str.contains(CANONICAL_COLUMN) & micros.is_between(MIN_US, MAX_US)
         ok = ok.fill_null(False)
         return VectorCheck(col.is_null() | ok if kind == "time?" else ok, micros)
     if kind == "pin":

@@ -81,10 +81,13 @@ class Candidates:
         self.rest: list[tuple[int, Record]] = []  # (input index, record)
         self.schema = {name: _dtype(kind, self.payload) for name, kind in sorted(ENVELOPE_KINDS.items())}
         parsed: list[pl.DataFrame] = []
-        plain = [i for i, r in enumerate(records) if r[2] and b"\n" not in r[2] and b"\r" not in r[2]]
-        if len(plain) < len(records):  # an empty (skipped) record or a line break: not admission's bytes
-            kept = set(plain)
-            self.rest += [(i, r) for i, r in enumerate(records) if i not in kept]
+        plain: list[int] = []
+        for i, record in enumerate(records):  # an empty (skipped) record or a line break: not admission's bytes
+            value = record[2]
+            if value and b"\n" not in value and b"\r" not in value:
+                plain.append(i)
+            else:
+                self.rest.append((i, record))
         self._parse(records, plain, parsed)
         self.rows = pl.concat(parsed) if parsed else self._empty()
 
