@@ -147,14 +147,17 @@ def _bucketed_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: 
     add(LAST_TS, group.lookback_us, group.lookback_us >= 2 * width)
     first, last = _bucket_range(group, as_of, width)
     spans = raw_intervals(group, as_of, width)
-    params += [*raw_params, list(query.key_ids), [lo for lo, _ in spans], [hi for _, hi in spans], scope_id]
+    params += [*raw_params, list(query.key_ids), [lo for lo, _ in spans], [hi for _, hi in spans], scope_id,
+               min(lo for lo, _ in spans), max(hi for _, hi in spans)]
     # one index range scan per (key, span): OFFSET 0 keeps the planner from flattening the LATERAL
-    # subqueries into one scan of the key's whole history filtered afterwards
+    # subqueries into one scan of the key's whole history filtered afterwards. The spans' hull, as
+    # parameters, lets the executor drop every weekly partition outside it once, at start-up; bounds
+    # from the spans alone are known only per rescan, so every partition's index scan was set up.
     raw = (f"SELECT k.key, {', '.join(raw_columns)} FROM unnest(%s::text[]) AS k(key) "
            f"LEFT JOIN LATERAL (SELECT {RAW}.* FROM unnest(%s::bigint[], %s::bigint[]) AS s(lo, hi) "
            f"CROSS JOIN LATERAL (SELECT * FROM ofp_events e WHERE e.scope_id = %s "
-           f"AND e.\"{group.key_field}\" = k.key AND e.ts_us > s.lo AND e.ts_us <= s.hi OFFSET 0) {RAW}) {RAW} "
-           "ON true GROUP BY k.key")
+           f"AND e.\"{group.key_field}\" = k.key AND e.ts_us > s.lo AND e.ts_us <= s.hi "
+           f"AND e.ts_us > %s::bigint AND e.ts_us <= %s::bigint OFFSET 0) {RAW}) {RAW} ON true GROUP BY k.key")
     if stored_columns:
         params += [*stored_params, list(query.key_ids), scope_id, group_id, first, last]
         stored = (f"SELECT b.key_id, {', '.join(stored_columns)} FROM ofp_buckets b "
