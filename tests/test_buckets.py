@@ -130,8 +130,8 @@ def test_hot_merchant_served_exactly_without_reading_its_window(app, monkeypatch
     assert read_rows and 0 < max(read_rows) < 600  # of up to 6000 in the 7-day window
 
 
-def _rows_read(app, group_name: str, key_id: str, as_of: int, table: str) -> int:
-    """Rows the generated serving statement reads from `table` (EXPLAIN ANALYZE)."""
+def _explained(app, group_name: str, key_id: str, as_of: int) -> dict:
+    """The executed plan of the generated serving statement for one bucketed (group, key) (EXPLAIN ANALYZE)."""
     from featureplane.online.ofp_state import bucket_specs, register_groups
     from featureplane.pipelines.serving_sql import GroupQuery, plan_serving
 
@@ -141,14 +141,43 @@ def _rows_read(app, group_name: str, key_id: str, as_of: int, table: str) -> int
         width = bucket_specs(conn)[ids[group.ref]]
         scope = conn.execute("SELECT scope_id FROM ofp_scopes").fetchone()[0]
         plan = plan_serving([GroupQuery(group, (key_id,), width)], scope, ids, as_of)
-        explained = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + plan.sql, plan.params).fetchone()[0]
+        return conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + plan.sql, plan.params).fetchone()[0][0]["Plan"]
 
-    def walk(node: dict) -> int:
-        own = node.get("Actual Rows", 0) * node.get("Actual Loops", 1) \
-            if node.get("Relation Name", "").startswith(table) else 0
-        return own + sum(walk(child) for child in node.get("Plans", []))
 
-    return walk(explained[0]["Plan"])
+def _nodes(node: dict):
+    yield node
+    for child in node.get("Plans", []):
+        yield from _nodes(child)
+
+
+def _rows_read(app, group_name: str, key_id: str, as_of: int, table: str) -> int:
+    """Rows the generated serving statement reads from `table`."""
+    plan = _explained(app, group_name, key_id, as_of)
+    return sum(n.get("Actual Rows", 0) * n.get("Actual Loops", 1) for n in _nodes(plan)
+               if n.get("Relation Name", "").startswith(table))
+
+
+def test_hot_key_edges_set_up_scans_only_on_the_weeks_they_reach(app):
+    """The raw edges of a bucketed group are read per span inside a LATERAL join, whose bounds are known
+    only per rescan; the spans' hull, given as parameters too, must keep every weekly partition outside
+    the lookback out of the plan (before it, a year of history set up 52 index scans per request)."""
+    rng = random.Random(8)
+    weeks = 6
+    events = [txn(i, T0 + rng.randrange(0, weeks * 7 * 24 * 3600) * S, account=f"a{i % 50}", card=f"c{i % 70}",
+                  merchant="hot", amount=rng.randrange(1, 500)) for i in range(3000)]
+    Publisher(app.db, app.bus).publish(TRAFFIC, lines(events), "t")
+    OfpWorker(app.db, app.bus, app.registry, bucketed={("merchant_activity", "1.0"): 3600 * S}).run_until_idle()
+    with app.db.transaction() as conn:
+        stored = conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'ofp_events'::regclass").fetchone()[0]
+    assert stored >= weeks  # the history spans (at least) six weekly partitions
+    flat = [reference.flatten(e) for e in events]
+    as_of = T0 + 3 * 7 * 24 * 3600 * S + 5 * 3600 * S + 7
+    response = serve(app, request([("merchant", "hot")], [("merchant_activity", "1.0")], as_of))
+    expected, _ = reference.features(flat, "merchant_activity@1.0", "e_merchant_hot", as_of)
+    assert response["snapshot"]["by_key"][0]["by_group"][0]["features"] == expected
+    scanned = {n["Relation Name"] for n in _nodes(_explained(app, "merchant_activity", "e_merchant_hot", as_of))
+               if n.get("Relation Name", "").startswith("ofp_events_")}
+    assert 1 <= len(scanned) <= 2  # a 7-day lookback reaches into two weeks at most
 
 
 @pytest.mark.parametrize("crowded", [0, 32])
