@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
@@ -128,13 +129,18 @@ def _one_pass(app: Any, ofp: OfpWorker, context: ContextWorker, archive: Archive
     """Drain every consumer once; True when `until_idle` is satisfied (every partition at its end)."""
     before = (stats.batches, stats.failures, context_stats.batches, archived.commits)
     ofp.run_until_idle(stats)
-    refresh_statistics(app, stats)
-    if app.settings.retention_us is not None:
-        with app.db.transaction() as conn:
-            enforce_retention(conn, app.settings.retention_us)
-    context.run_until_idle(context_stats)
-    with contextlib.suppress(*TRANSIENT_ERRORS):  # the archive resumes from its marker next pass
-        archive.archive_all(live.share(list(STREAMS)), archived)
+    # the statistics refresh runs in Postgres while this process archives (on a thread that only waits
+    # for it), and the pass ends when both have. `fp worker --until-idle` over 1M events: 32.9 and 33.8 s
+    # before, 31.4 and 32.4 s after
+    with ThreadPoolExecutor(max_workers=1) as background:
+        refreshed = background.submit(refresh_statistics, app, stats)
+        if app.settings.retention_us is not None:
+            with app.db.transaction() as conn:
+                enforce_retention(conn, app.settings.retention_us)
+        context.run_until_idle(context_stats)
+        with contextlib.suppress(*TRANSIENT_ERRORS):  # the archive resumes from its marker next pass
+            archive.archive_all(live.share(list(STREAMS)), archived)
+    refreshed.result()  # its errors are this pass's (a transient one is already swallowed there)
     flushed = 0
     with contextlib.suppress(*TRANSIENT_ERRORS):  # an object-store outage: the outbox keeps the snapshots
         flushed = flush_outbox(app.db, app.store, app.lake)

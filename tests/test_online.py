@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -387,3 +388,26 @@ def test_retention_drops_old_weeks_and_refuses_windows_reaching_before_the_horiz
         "get_features_response"
     assert serve(app, request([("account", "a1")], [("txn_velocity", "2.0")], edge - 1))["error_code"] == \
         "INVALID_REQUEST"
+
+
+def test_the_statistics_refresh_runs_beside_the_archive_and_the_pass_waits_for_it(app, monkeypatch):
+    """`fp worker` refreshes the planner's statistics after applying many rows, on a thread while it
+    archives: the pass returns only once the refresh has finished, and an error in it is not lost."""
+    from featureplane.runtime import workers
+
+    monkeypatch.setattr(workers, "ANALYZE_AFTER_ROWS", 1)
+    publisher = Publisher(app.db, app.bus)
+    publisher.publish(TRAFFIC, lines([txn(i, T0 + i * S) for i in range(40)]), "test")
+    workers.run_workers(app, until_idle=True)
+    with app.db.transaction() as conn:
+        analyzed = conn.execute("""SELECT count(*) FROM pg_stat_user_tables
+                                    WHERE relname LIKE 'ofp_events_w%' AND last_analyze IS NOT NULL""").fetchone()[0]
+    assert analyzed >= 1
+
+    def broken(app, stats):
+        raise RuntimeError("the statistics refresh failed")
+
+    monkeypatch.setattr(workers, "refresh_statistics", broken)
+    publisher.publish(TRAFFIC, lines([txn(i, T0 + i * S) for i in range(40, 60)]), "test")
+    with pytest.raises(RuntimeError, match="statistics refresh failed"):
+        workers.run_workers(app, until_idle=True)
