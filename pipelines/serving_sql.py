@@ -147,8 +147,8 @@ def _bucketed_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: 
     add(LAST_TS, group.lookback_us, group.lookback_us >= 2 * width)
     first, last = _bucket_range(group, as_of, width)
     spans = raw_intervals(group, as_of, width)
-    params += [*raw_params, list(query.key_ids), [lo for lo, _ in spans], [hi for _, hi in spans], scope_id,
-               min(lo for lo, _ in spans), max(hi for _, hi in spans)]
+    los, his = [lo for lo, _ in spans], [hi for _, hi in spans]
+    params += [*raw_params, list(query.key_ids), los, his, scope_id, min(los), max(his)]
     # one index range scan per (key, span): OFFSET 0 keeps the planner from flattening the LATERAL
     # subqueries into one scan of the key's whole history filtered afterwards. The spans' hull, as
     # parameters, lets the executor drop every weekly partition outside it once, at start-up; bounds
