@@ -305,8 +305,9 @@ def serve(host: str, port: int, workers: int, graceful_seconds: float = 30.0) ->
 
     import uvicorn
 
+    metrics_dir = None  # the workers' shared metric files, ours to remove when they are done
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fp-metrics-")
+        metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fp-metrics-")
     if workers > 1:
         os.environ[SUPERVISED_ENV] = str(os.getpid())  # the workers watch for this supervisor
     # our own listening socket with TCP_NODELAY, which accepted connections inherit: uvicorn writes a
@@ -319,6 +320,12 @@ def serve(host: str, port: int, workers: int, graceful_seconds: float = 30.0) ->
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     listener.bind((host, port))
     listener.set_inheritable(True)
-    uvicorn.run("featureplane.runtime.http_server:create_app", factory=True, fd=listener.fileno(),
-                workers=workers, timeout_graceful_shutdown=graceful_seconds, log_level="warning",
-                access_log=False, server_header=False)
+    try:
+        uvicorn.run("featureplane.runtime.http_server:create_app", factory=True, fd=listener.fileno(),
+                    workers=workers, timeout_graceful_shutdown=graceful_seconds, log_level="warning",
+                    access_log=False, server_header=False)
+    finally:
+        if metrics_dir is not None:
+            import shutil
+
+            shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -45,7 +45,10 @@ def served(app, fp_home):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "FP_PG_DSN": app.db.dsn.reveal(), "FP_HOME": str(fp_home), "PYTHONPATH": str(REPO)}
+    scratch = fp_home / "server-tmp"  # its temporary files, looked at once it has stopped
+    scratch.mkdir()
+    env = {**os.environ, "FP_PG_DSN": app.db.dsn.reveal(), "FP_HOME": str(fp_home), "PYTHONPATH": str(REPO),
+           "TMPDIR": str(scratch)}
     proc = subprocess.Popen([sys.executable, "-m", "featureplane.runtime.cli", "serve", "--port", str(port),
                              "--workers", "2", "--graceful-seconds", "10"], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -171,7 +174,7 @@ def test_readyz_is_503_when_red(app, served):
     assert status == 503 and json.loads(body)["status"] == "RED"
 
 
-def test_sigterm_lets_in_flight_requests_finish(served):
+def test_sigterm_lets_in_flight_requests_finish(served, fp_home):
     base, plan, proc = served
     import threading
 
@@ -197,6 +200,7 @@ def test_sigterm_lets_in_flight_requests_finish(served):
     while _group_alive(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _group_alive(proc.pid)
+    assert not list((fp_home / "server-tmp").iterdir())  # nor the workers' shared metric files
 
 
 def test_workers_stop_when_their_supervisor_is_killed(served):
