@@ -164,10 +164,16 @@ def later_copies(layout: Layout, shard: int) -> pl.DataFrame:
 
 
 def group_values(events: pl.DataFrame, group: GroupDef) -> pl.DataFrame:
-    """`uid` and the group's dataset columns as of each event (out-of-range values null)."""
-    values = rolling_features(contributions(events, group, carry=(UID,)), group, UID).drop(LAST_UPDATE)
+    """`uid`, the event time and the group's dataset columns as of each event (out-of-range values
+    null). The time is the features' last update, which as of an event's own time is that time."""
+    values = rolling_features(contributions(events, group, carry=(UID,)), group, UID).rename({LAST_UPDATE: TS})
     values = values.with_columns([in_range_expr(f, values.schema[f]) for f in group.feature_names])
     return values.rename({f: feature_column(group, f) for f in group.feature_names})
+
+
+def without(frame: pl.DataFrame, skipped: pl.DataFrame) -> pl.DataFrame:
+    """`frame` less the later copies of events (`later_copies`), of which there usually are none."""
+    return frame if skipped.is_empty() else frame.join(skipped, on=UID, how="anti")
 
 
 def shard_values(layout: Layout, key_field: str, shard: int, groups: list[tuple[int, GroupDef]],
@@ -177,11 +183,10 @@ def shard_values(layout: Layout, key_field: str, shard: int, groups: list[tuple[
     path = layout.events(key_field, shard)
     if not path.exists():
         return
-    events = pl.read_ipc(path).join(skipped, on=UID, how="anti")
-    times = events.select(UID, TS).filter(within(*scope))
+    events = without(pl.read_ipc(path), skipped)
     for index, group in groups:
-        group_values(events, group).join(times, on=UID, how="inner").sort(TS).write_parquet(layout.values(index, shard),
-                                                                        compression="lz4", statistics=True)
+        group_values(events, group).filter(within(*scope)).sort(TS).write_parquet(
+            layout.values(index, shard), compression="lz4", statistics=True)
 
 
 def assemble_chunk(layout: Layout, chunk: int, bounds: tuple[int, int], groups: list[tuple[int, GroupDef]],
@@ -191,7 +196,7 @@ def assemble_chunk(layout: Layout, chunk: int, bounds: tuple[int, int], groups: 
     order, written to `layout.output(chunk)`; returns its row and label counts."""
     path = layout.rows(chunk)
     empty = pl.DataFrame(schema=events_schema).with_columns(pl.lit(0, pl.Int64).alias(UID))
-    rows = (pl.read_ipc(path).join(skipped, on=UID, how="anti") if path.exists()
+    rows = (without(pl.read_ipc(path), skipped) if path.exists()
             else empty.select(UID, *ROW_COLUMNS))
     features: list[str] = []
     for index, group in groups:

@@ -271,27 +271,29 @@ def _rolling_partial(partial: Partial, width_us: int) -> pl.Expr:
 
 
 def _rolling_distinct(frame: pl.DataFrame, partial: Partial, width_us: int) -> pl.Series:
-    """Distinct non-null values of `partial.field` in each row's window.
+    """Distinct non-null values of `partial.field` in each row's window; `frame` is in axis order.
 
     An occurrence at ts of a value whose next occurrence (same key) is at next_ts is the value's
     latest occurrence for every T in [ts, next_ts), and lies in T's window while T < ts + w. So it
     counts for T in [ts, min(next_ts, ts + w)); the distinct count at T is the number of such
     intervals started at or before T minus those ended at or before T. On the axis every interval
-    of an earlier key has both started and ended, so the counts need no key: one sorted search each.
+    of an earlier key has both started and ended, so the counts need no key: the started ones are a
+    running count in axis order, the ended ones one sorted search. Nor does the next occurrence: the
+    next one of the same value on the axis is under the same key or lies in a later key's stretch,
+    beyond ts + w, where the window's end is taken instead.
     """
     field = partial.field
     assert field is not None
     cond = condition_expr(partial.where, pl.col(field).is_not_null()).fill_null(False)
-    value = pl.col(field).cast(pl.Categorical).to_physical()
-    same_value = (pl.col(CODE) == pl.col(CODE).shift(-1)) & (pl.col("_value") == pl.col("_value").shift(-1))
-    # grouped by (value, key) with time ascending: the axis orders keys and, within one, time
-    intervals = (frame.filter(cond).with_columns(value.alias("_value")).sort("_value", AXIS)
-                 .select(pl.col(AXIS).alias("_start"),
-                         pl.min_horizontal(pl.when(same_value).then(pl.col(AXIS).shift(-1)),
-                                           pl.col(AXIS) + width_us).alias("_end")))
-    starts, ends = intervals["_start"].sort(), intervals["_end"].sort()
-    return (starts.search_sorted(frame[AXIS], side="right").cast(pl.Int64)
-            - ends.search_sorted(frame[AXIS], side="right").cast(pl.Int64))
+    value = pl.col(field).cast(pl.Categorical).to_physical().alias("_value")
+    # a stable sort by value keeps axis order within each value: each occurrence, then its next
+    by_value = frame.filter(cond).select(AXIS, value).sort("_value", maintain_order=True)
+    following = pl.when(pl.col("_value") == pl.col("_value").shift(-1)).then(pl.col(AXIS).shift(-1))
+    ends = by_value.select(pl.min_horizontal(following, pl.col(AXIS) + width_us)).to_series().sort()
+    # started by each row's instant: the running count, as it stands at the last row of that instant
+    last_at_instant = (pl.col(AXIS) != pl.col(AXIS).shift(-1)).fill_null(True)
+    started = frame.select(pl.when(last_at_instant).then(cond.cast(pl.Int64).cum_sum()).backward_fill()).to_series()
+    return started - ends.search_sorted(frame[AXIS], side="right").cast(pl.Int64)
 
 
 def _rolling_by_window(frame: pl.DataFrame, group: GroupDef, row_id: str) -> pl.DataFrame:
