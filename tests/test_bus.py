@@ -8,14 +8,18 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from featureplane.online.bus.base import Backlog, partition_for
+from featureplane.online.bus import embedded
+from featureplane.online.bus.base import Backlog, BusCorrupt, partition_for
 from featureplane.online.bus.embedded import EmbeddedBus
 from featureplane.schemas.streams import TRAFFIC
 
@@ -188,3 +192,45 @@ def test_kill_9_mid_append_never_leaves_a_torn_record(tmp_path):
         (_p, o), = bus.append(TRAFFIC, [("k", b"after-crash")])
         assert o == len(records)
         assert bus.read(TRAFFIC, 0, o, 1).records[0].value == b"after-crash"
+
+
+def _outcome(bus: EmbeddedBus, partition: int, offset: int, count: int) -> tuple:
+    try:
+        batch = bus.read(TRAFFIC, partition, offset, count)
+    except BusCorrupt as exc:
+        return ("corrupt", exc.offset, exc.byte_start, exc.byte_end, str(exc))
+    return ("read", batch.offsets, batch.values, batch.next_offset, batch.caught_up)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(0, 40), min_size=1, max_size=12), data=st.data())
+def test_a_batch_checked_at_once_reads_as_record_by_record_checks_do(tmp_path, sizes, data):
+    """The whole-batch frame checks of a read agree with `_frame`'s record-by-record ones on any
+    damage (bytes of the log flipped, index entries moved, the log cut short): the same records,
+    or the same corrupt position and reason."""
+    root = Path(tempfile.mkdtemp(dir=tmp_path))  # each example a bus of its own
+    bus = EmbeddedBus(root, 1)
+    bus.ensure_stream(TRAFFIC)
+    bus.append(TRAFFIC, [("k", bytes([65 + n % 26]) * size) for n, size in enumerate(sizes)])
+    log, idx = root / TRAFFIC / "0.log", root / TRAFFIC / "0.idx"
+    damage = data.draw(st.sampled_from(["none", "log byte", "index entry", "cut"]))
+    if damage == "log byte":
+        blob = bytearray(log.read_bytes())
+        at = data.draw(st.integers(0, len(blob) - 1))
+        blob[at] ^= data.draw(st.integers(1, 255))
+        log.write_bytes(bytes(blob))
+    elif damage == "index entry":
+        entries = bytearray(idx.read_bytes())
+        at, other = (data.draw(st.integers(0, len(sizes) - 1)) * 8 for _ in range(2))
+        moved = data.draw(st.one_of(st.integers(0, log.stat().st_size + 20),  # anywhere, or at another record
+                                    st.just(int.from_bytes(entries[other:other + 8], "big"))))
+        entries[at:at + 8] = moved.to_bytes(8, "big")
+        idx.write_bytes(bytes(entries))
+    elif damage == "cut":
+        os.truncate(log, data.draw(st.integers(0, log.stat().st_size)))
+    offset = data.draw(st.integers(0, len(sizes) - 1))
+    count = data.draw(st.integers(1, len(sizes) + 1))
+    checked_at_once = _outcome(bus, 0, offset, count)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(embedded, "_intact_payloads", lambda *_args: None)  # record by record only
+        assert _outcome(bus, 0, offset, count) == checked_at_once
