@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 
-from featureplane.online.bus.base import BusCorrupt, EventBus
+from featureplane.online.bus.base import BusCorrupt, EventBus, ReadBatch
 from featureplane.pipelines.errors import FpError, TransientError
 from featureplane.runtime.postgres import Database
 
@@ -179,7 +181,10 @@ def bump_counters(conn: psycopg.Connection, consumer: str, stream: str, partitio
     )
 
 
-BatchApplier = Callable[[Lease, list[tuple[int, int, bytes]], int], Lease]
+Records = list[tuple[int, int, bytes]]
+# (lease, records, next_offset[, prepared]) -> the lease advanced past them; `prepared` is what the
+# drain's `prepare` made of exactly these records ahead of time, when it did
+BatchApplier = Callable[..., Lease]
 
 
 def record_block(db: Database, consumer: str, exc: BusCorrupt) -> None:
@@ -244,12 +249,26 @@ def _ledger_poison(db: Database, lease: Lease, record: tuple[int, int, bytes], n
         return advance(conn, lease, next_offset)
 
 
-def apply_isolating(db: Database, lease: Lease, records: list[tuple[int, int, bytes]], next_offset: int,
-                    apply_batch: BatchApplier) -> Lease:
+def _prepared(prepare: Callable[[Records], Any] | None, records: Records) -> Any:
+    """`prepare(records)`, or None (the applier then does the work itself) when there is no
+    `prepare` or it failed: whatever is wrong with the records is then found where it is ledgered."""
+    if prepare is None or not records:
+        return None
+    try:
+        return prepare(records)
+    except Exception:
+        return None
+
+
+def apply_isolating(db: Database, lease: Lease, records: Records, next_offset: int,
+                    apply_batch: BatchApplier, prepared: Any = None) -> Lease:
     """Apply a batch; if it fails for a reason that lies in its records, split it until the records
     that cannot be applied stand alone, ledger those, and apply everything else. Transient errors
-    (connection lost, fenced) propagate: the batch is retried as a whole later."""
+    (connection lost, fenced) propagate: the batch is retried as a whole later. `prepared` (what was
+    made of the whole batch ahead of time) goes to the first attempt only."""
     try:
+        if prepared is not None:
+            return apply_batch(lease, records, next_offset, prepared)
         return apply_batch(lease, records, next_offset)
     except TRANSIENT_ERRORS:
         raise
@@ -262,13 +281,18 @@ def apply_isolating(db: Database, lease: Lease, records: list[tuple[int, int, by
 
 
 def drain(db: Database, bus: EventBus, consumer: str, stream: str, partition: int, owner: str, batch_size: int,
-          apply_batch: BatchApplier, max_batches: int | None = None) -> bool:
+          apply_batch: BatchApplier, max_batches: int | None = None,
+          prepare: Callable[[Records], Any] | None = None) -> bool:
     """Claim one partition and feed its records to `apply_batch` until caught up (or `max_batches`).
 
     `apply_batch(lease, records, next_offset)` applies a batch and advances the checkpoint in one
     transaction, returning the new lease. Returns True when the partition was caught up, False when
     it was held by another owner, blocked by a corrupt record, or hit a transient error (recorded
     for health; the next pass retries). No record ever stops the partition: see `apply_isolating`.
+
+    With `prepare` (pure work on a batch's records, such as decoding), the next batch is read and
+    prepared on a thread while this one is applied, which mostly waits for Postgres; its result
+    reaches `apply_batch` as a fourth argument. Nothing of a batch is applied before its turn.
     """
     try:
         with db.transaction() as conn:
@@ -278,18 +302,32 @@ def drain(db: Database, bus: EventBus, consumer: str, stream: str, partition: in
         return False
     if lease is None:
         return False
+
+    def fetch(offset: int) -> tuple[int, ReadBatch, Records, Any]:
+        batch = bus.read(stream, partition, offset, batch_size)
+        records = batch.triples()
+        return offset, batch, records, _prepared(prepare, records)
+
     caught_up = False
     try:
-        done = 0
-        while max_batches is None or done < max_batches:
-            batch = bus.read(stream, partition, lease.next_offset, batch_size)
-            if len(batch):
-                lease = apply_isolating(db, lease, batch.triples(),
-                                        batch.next_offset, apply_batch)
-                done += 1
-            if batch.caught_up:
-                caught_up = True
-                break
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fp-{consumer}-read-ahead") as reader:
+            ahead: Future | None = None
+            done = 0
+            while max_batches is None or done < max_batches:
+                fetched = ahead.result() if ahead is not None else None
+                ahead = None
+                if fetched is None or fetched[0] != lease.next_offset:
+                    fetched = fetch(lease.next_offset)
+                _, batch, records, prepared = fetched
+                more = max_batches is None or done + 1 < max_batches
+                if prepare is not None and len(batch) and not batch.caught_up and more:
+                    ahead = reader.submit(fetch, batch.next_offset)
+                if len(batch):
+                    lease = apply_isolating(db, lease, records, batch.next_offset, apply_batch, prepared)
+                    done += 1
+                if batch.caught_up:
+                    caught_up = True
+                    break
     except BusCorrupt as exc:
         record_block(db, consumer, exc)
     except Fenced:

@@ -12,6 +12,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import polars as pl
+
 from featureplane.online.bus.base import EventBus
 from featureplane.online.checkpoints import Fenced, Lease, advance, bump_counters, drain, record_failures
 from featureplane.online.distinct_state import lock_groups, write_links
@@ -29,7 +31,7 @@ from featureplane.pipelines.features import TS, contributions
 from featureplane.pipelines.registry import Registry
 from featureplane.runtime.faults import commit_or_crash, crash_point
 from featureplane.runtime.postgres import Database
-from featureplane.schemas.records import decode_transactions, first_positions
+from featureplane.schemas.records import ApplyFailure, decode_transactions, first_positions
 from featureplane.schemas.streams import TRAFFIC
 
 
@@ -72,12 +74,17 @@ class OfpWorker:
         return stats
 
     def drain_partition(self, partition: int, stats: WorkerStats, max_batches: int | None = None) -> None:
+        # the next batch is decoded while this one is written (`drain`'s read-ahead)
         drain(self.db, self.bus, CONSUMER, TRAFFIC, partition, self.owner, self.batch_size,
-              lambda lease, records, next_offset: self.apply_batch(lease, records, next_offset, stats), max_batches)
+              lambda lease, records, next_offset, decoded=None: self.apply_batch(lease, records, next_offset, stats,
+                                                                                 decoded),
+              max_batches, prepare=decode_transactions)
 
     def apply_batch(self, lease: Lease, records: list[tuple[int, int, bytes]], next_offset: int,
-                    stats: WorkerStats) -> Lease:
-        frame, failures = decode_transactions(records)
+                    stats: WorkerStats, decoded: tuple[pl.DataFrame, list[ApplyFailure]] | None = None) -> Lease:
+        """Apply one batch in one transaction with its checkpoint; `decoded` is `decode_transactions`
+        of exactly these records, when it was done ahead."""
+        frame, failures = decoded if decoded is not None else decode_transactions(records)
         crash_point("ofp_after_read")
         unique = first_positions(frame)
         in_batch_dupes = frame.height - unique.height

@@ -167,6 +167,46 @@ def test_storage_rejections_are_isolated_to_the_records_that_cause_them(app):
                                        (0, 20, "STORAGE_REJECTED")]
 
 
+def test_the_read_ahead_prepares_each_batch_beside_the_one_before_and_hands_it_only_its_own(app):
+    """`drain` with `prepare`: the next batch is read and prepared while the current one is applied;
+    each batch reaches the applier once, in order, with what was prepared from exactly its records;
+    a batch whose preparation failed is applied all the same (the applier does the work)."""
+    import threading
+
+    from featureplane.online.checkpoints import advance, drain
+
+    Publisher(app.db, app.bus).publish(TRAFFIC, lines([txn(i, T0 + i * S) for i in range(120)]), "t")
+    partition, end = max(app.bus.end_offsets(TRAFFIC).items(), key=lambda item: item[1])
+    assert end > 21  # at least four batches of 7
+    started: list[int] = []  # first offset of each batch whose preparation began
+    began = threading.Condition()
+    seen: list[tuple[list[int], object]] = []
+    overlapped: list[bool] = []  # asserted below: an error raised in the applier would be ledgered
+
+    def prepare(records):
+        with began:
+            started.append(records[0][1])
+            began.notify_all()
+        if records[0][1] == 14:
+            raise ValueError("this preparation fails")
+        return [offset for _, offset, _ in records]
+
+    def apply_batch(lease, records, next_offset, prepared=None):
+        offsets = [offset for _, offset, _ in records]
+        seen.append((offsets, prepared))
+        if next_offset < end:  # the next batch's preparation begins before this one is applied
+            with began:
+                overlapped.append(began.wait_for(lambda: next_offset in started, timeout=5))
+        with app.db.transaction() as conn:
+            return advance(conn, lease, next_offset)
+
+    assert drain(app.db, app.bus, "probe", TRAFFIC, partition, "me", 7, apply_batch, prepare=prepare)
+    assert overlapped and all(overlapped)
+    assert [offsets for offsets, _ in seen] == [list(range(n, min(n + 7, end))) for n in range(0, end, 7)]
+    assert [prepared for _, prepared in seen] == [None if n == 14 else list(range(n, min(n + 7, end)))
+                                                  for n in range(0, end, 7)]
+
+
 def test_sums_beyond_2_53_are_served_null_with_a_warning_and_parity_holds(app):
     from featureplane.offline.parity import run_parity
 
