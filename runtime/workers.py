@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
-from featureplane.lake.archive import ArchiveStats, ArchiveWriter, archive_progress
+from featureplane.lake.archive import ArchiveStats, ArchiveTap, ArchiveWriter, archive_progress
 from featureplane.lake.audit import export_audit
 from featureplane.online.checkpoints import TRANSIENT_ERRORS, beat, fair_share, leave, watermarks
 from featureplane.online.context_store import CONSUMER as CONTEXT_CONSUMER
@@ -128,7 +128,17 @@ def _one_pass(app: Any, ofp: OfpWorker, context: ContextWorker, archive: Archive
               poll_seconds: float) -> bool:
     """Drain every consumer once; True when `until_idle` is satisfied (every partition at its end)."""
     before = (stats.batches, stats.failures, context_stats.batches, archived.commits)
-    ofp.run_until_idle(stats)
+    # the traffic this worker applies is archived from the records and frames OFP has read and
+    # decoded (when this worker archives traffic and the archive is where OFP starts); the archive's
+    # own pass below reads whatever the tap did not take. 1M events: a pass 29.9 -> 23.3 s
+    tap = ArchiveTap.open(archive, TRAFFIC, archived) if TRAFFIC in live.share(list(STREAMS)) else None
+    ofp.on_applied = None if tap is None else tap.offer
+    try:
+        ofp.run_until_idle(stats)
+    finally:
+        ofp.on_applied = None
+        if tap is not None:
+            tap.close()
     # the statistics refresh runs in Postgres while this process archives (on a thread that only waits
     # for it), and the pass ends when both have. `fp worker --until-idle` over 1M events: 32.9 and 33.8 s
     # before, 31.4 and 32.4 s after
@@ -157,6 +167,14 @@ def _one_pass(app: Any, ofp: OfpWorker, context: ContextWorker, archive: Archive
     return False
 
 
+# what serving's plans read: the state it filters on (not an event's amount, channel or position,
+# whose statistics took 0.6 of 2.0 s at 1M events) and the tables it joins; the other tables are left
+# to autovacuum. A sample of 9k rows a partition (target 30, not 100) is plenty to tell a key's
+# index from another's; autovacuum refines it as the partition changes. 1M events: 2.7 -> 0.6 s, and
+# the pass ends when it does
+SERVED_STATISTICS = (
+    "ofp_events (scope_id, account_id, card_id, customer_id, merchant_id, device_id, ts_us)",
+    "ofp_buckets", "ofp_distinct_buckets", "ofp_links", "join_frames", "flow_bindings", "context_anomalies")
 ANALYZE_AFTER_ROWS = 20_000
 ANALYZE_EVERY_SECONDS = 60.0
 _analyzed = {"applied": 0, "at": -ANALYZE_EVERY_SECONDS}
@@ -173,7 +191,8 @@ def refresh_statistics(app: Any, stats: WorkerStats) -> None:
     if stats.applied - _analyzed["applied"] < ANALYZE_AFTER_ROWS or now - _analyzed["at"] < ANALYZE_EVERY_SECONDS:
         return
     with contextlib.suppress(*TRANSIENT_ERRORS), app.db.connect(autocommit=True) as conn:
-        conn.execute("ANALYZE")  # every table: a sample of 30k rows each, about a second at 1M events
+        conn.execute("SET default_statistics_target = 30")
+        conn.execute(f"ANALYZE {', '.join(SERVED_STATISTICS)}")
     _analyzed.update(applied=stats.applied, at=now)
 
 

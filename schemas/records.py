@@ -28,6 +28,9 @@ class ApplyFailure:
     detail: str
 
 
+Decoded = tuple[pl.DataFrame, list[ApplyFailure]]  # a frame of the records that decoded, and the rest
+
+
 def decode_event(value: bytes, event_type: str) -> dict[str, Any]:
     """One bus record -> its normalised envelope, or `RejectedEvent` (the reason both planes ledger)."""
     if value == SKIPPED_RECORD:

@@ -8,10 +8,18 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from featureplane.lake.archive import ArchiveWriter, archive_progress, read_basis, table_name
+from featureplane.lake import archive
+from featureplane.lake.archive import (
+    ArchiveWriter,
+    archive_progress,
+    archive_schema,
+    read_basis,
+    table_name,
+    typed_rows,
+)
 from featureplane.lake.delta import DeltaLake, open_lake
 from featureplane.lake.query import run_query
-from featureplane.online.admission import Publisher
+from featureplane.online.admission import Publisher, encode_event
 from featureplane.runtime.settings import AwsCredentials, S3ObjectStore
 from featureplane.runtime.simulation_job import run_simulation
 from featureplane.runtime.workers import run_workers
@@ -114,6 +122,79 @@ def test_kill_9_during_archiving_then_restart_archives_each_record_once(app, fp_
         seen = _positions(app.lake, stream)
         assert set(seen) == _bus_positions(app.bus, stream), stream
         assert max(seen.values()) == 1, stream
+
+
+def _archived_rows(lake: DeltaLake, stream: str) -> list[dict]:
+    rows = lake.read(table_name(stream)).to_pylist()
+    return sorted(rows, key=lambda row: (row["partition"], int(row["offset"])))
+
+
+def _rows_of_the_bus(app, stream: str, decoder) -> list[dict]:
+    """The archive rows of every record on the bus, made here from a read of the bus and `decoder`."""
+    records = [r for p in app.bus.partitions(stream) for r in app.bus.read(stream, p, 0, 10**6).triples()]
+    rows = typed_rows(stream, records, archive_schema(stream), decoder(records)).to_pylist()
+    return sorted(rows, key=lambda row: (row["partition"], int(row["offset"])))
+
+
+def test_the_worker_archives_the_traffic_it_applies_from_what_ofp_read_and_decoded(app, monkeypatch):
+    """`fp worker` archives the traffic OFP applies from OFP's own reads and decoded frames (the
+    tap): the archive holds exactly what an archive pass alone makes of the bus (bytes, positions,
+    typed columns and reasons of rejected records), each position once, and the archive never
+    decodes the traffic a second time."""
+    decode = archive.TYPED_DECODERS[TRAFFIC]
+    events = [txn(1, T0, amount=2**63), *[txn(10 + i, T0 + i * S, account=f"a{i % 3}") for i in range(60)]]
+    app.bus.append(TRAFFIC, [(e["payload"]["flow_id"], encode_event(e)) for e in events])
+    app.bus.append(TRAFFIC, [("flow_x", b"{not json")])
+
+    def decoded_again(records):
+        raise AssertionError(f"the archive decoded {len(records)} traffic records a second time")
+
+    monkeypatch.setitem(archive.TYPED_DECODERS, TRAFFIC, decoded_again)
+    monkeypatch.setattr(archive, "TAP_COMMIT_RECORDS", 9)  # several commits, some spanning partitions
+    run_workers(app, until_idle=True)
+    rows = _archived_rows(app.lake, TRAFFIC)
+    assert rows == _rows_of_the_bus(app, TRAFFIC, decode)
+    assert {r["reject_reason"] for r in rows} == {None, "AMOUNT_OUT_OF_RANGE", "MALFORMED_RECORD"}
+    assert archive_progress(app.lake, TRAFFIC) == app.bus.end_offsets(TRAFFIC)
+    assert len(app.lake.table(table_name(TRAFFIC)).history()) > 2
+
+
+def test_what_the_tap_cannot_take_the_archive_pass_reads_from_the_bus(app, monkeypatch):
+    """Batches that do not continue the archive where it ends (it is ahead of OFP), and everything
+    after a tap commit that failed, are archived by the archive's own pass: nothing lost, nothing
+    twice."""
+    decode = archive.TYPED_DECODERS[TRAFFIC]
+    decoded: list[int] = []
+
+    def counted(records):
+        decoded.append(len(records))
+        return decode(records)
+
+    monkeypatch.setitem(archive.TYPED_DECODERS, TRAFFIC, counted)
+    _publish(app, 40)
+    ArchiveWriter(app.db, app.bus, app.lake).archive_stream(TRAFFIC)  # the archive is ahead of OFP
+    _publish(app, 30, start=100)
+    decoded.clear()
+    run_workers(app, until_idle=True)
+    assert sum(decoded) == 30  # OFP's batches start before the archive's end: the pass read the 30
+    assert _archived_rows(app.lake, TRAFFIC) == _rows_of_the_bus(app, TRAFFIC, decode)
+
+    original, failed = DeltaLake.append, []
+
+    def fails_once(self, *args, **kwargs):
+        if not failed:
+            failed.append(True)
+            raise OSError("the object store is away")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaLake, "append", fails_once)
+    monkeypatch.setattr(archive, "TAP_COMMIT_RECORDS", 5)
+    _publish(app, 50, start=200)
+    decoded.clear()
+    run_workers(app, until_idle=True)
+    assert failed and sum(decoded) == 50  # the tap's first commit failed: the pass read all 50 again
+    assert _archived_rows(app.lake, TRAFFIC) == _rows_of_the_bus(app, TRAFFIC, decode)
+    assert archive_progress(app.lake, TRAFFIC) == app.bus.end_offsets(TRAFFIC)
 
 
 def test_archive_on_s3_through_moto(app, moto_endpoint):
