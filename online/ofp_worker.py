@@ -92,8 +92,8 @@ class OfpWorker:
         # the next batch is decoded while this one is written (`drain`'s read-ahead)
         try:
             drain(self.db, self.bus, CONSUMER, TRAFFIC, partition, self.owner, self.batch_size,
-                  lambda lease, records, next_offset, decoded=None: self.apply_batch(lease, records, next_offset,
-                                                                                     stats, decoded),
+                  lambda lease, records, next_offset, prepared=None: self.apply_batch(lease, records, next_offset,
+                                                                                      stats, prepared),
                   max_batches, prepare=prepare_batch)
         finally:
             if self._conn is not None:
