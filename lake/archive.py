@@ -228,8 +228,10 @@ class ArchiveTap:
         self.stream = stream
         self.stats = stats
         self.schema = archive_schema(stream)
-        self.committed = archive_progress(writer.lake, stream)  # the archive's end after the last commit
-        self.reached = dict(self.committed)  # ... and after the batches taken since
+        # the archive's end after the last commit, and after the batches taken since: read when the
+        # first batch is offered (a pass with nothing to apply reads nothing of the lake)
+        self.committed: dict[int, int] | None = None
+        self.reached: dict[int, int] = {}
         self.batches: list[tuple[list[tuple[int, int, bytes]], Decoded]] = []
         self.records = 0
         self.failed = False
@@ -238,18 +240,24 @@ class ArchiveTap:
 
     @classmethod
     def open(cls, writer: ArchiveWriter, stream: str, stats: ArchiveStats) -> ArchiveTap | None:
-        """A tap on `stream`, or None when its archive is in an older layout (`fp archive rebuild`
-        first: its own pass appends in that layout) or its stream has no typed decoder."""
-        if stream not in TYPED_DECODERS:
-            return None
-        table = writer.lake.table(table_name(stream))
-        if table is not None and _layout(pa.schema(table.schema().to_arrow())) != _layout(archive_schema(stream)):
-            return None
-        return cls(writer, stream, stats)
+        """A tap on `stream`, or None when its stream has no typed decoder."""
+        return cls(writer, stream, stats) if stream in TYPED_DECODERS else None
+
+    def _start(self) -> None:
+        """Where the archive ends; an archive in an older layout is left to its own pass, which
+        appends in that layout (until `fp archive rebuild`)."""
+        table = self.writer.lake.table(table_name(self.stream))
+        if table is not None and _layout(pa.schema(table.schema().to_arrow())) != _layout(self.schema):
+            self.failed = True
+            return
+        self.committed = archive_progress(self.writer.lake, self.stream, table)
+        self.reached = dict(self.committed)
 
     def offer(self, partition: int, start: int, records: list[tuple[int, int, bytes]], next_offset: int,
               decoded: Decoded) -> None:
         """Records [start, next_offset) of `partition`, applied, with what the decoder made of them."""
+        if self.committed is None and not self.failed:
+            self._start()
         if self.failed or not records or self.reached.get(partition, 0) != start:
             return
         self.batches.append((records, decoded))
