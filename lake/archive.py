@@ -23,7 +23,6 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
@@ -369,39 +368,35 @@ def has_typed_columns(lake: DeltaLake, stream: str, table: DeltaTable | None = N
 
 
 def scan_basis(lake: DeltaLake, stream: str, basis: dict[int, int], columns: list[str],
-               where: pc.Expression | None = None, table: DeltaTable | None = None) -> pl.DataFrame | None:
+               where: pl.Expr | None = None, table: DeltaTable | None = None) -> pl.DataFrame | None:
     """`partition`, `offset` (text) and `columns` of the archived rows of `stream` inside the basis
     (offset < basis[partition]), reading only those columns (and, with `where`, only the row groups
     that can match it); None when the basis is empty. Fails closed when the archive does not cover
     the basis (nothing is ever "latest"). The table is opened once (or `table` is used): progress and
     rows come from one version."""
-    found = _basis_scan(lake, stream, basis, columns, where, table)
-    if found is None:
-        return None
-    dataset, options, wanted = found
-    return _inside(pl.from_arrow(dataset.to_table(**options)), wanted)  # type: ignore[arg-type]
+    scan = scan_basis_lazy(lake, stream, basis, columns, where, table)
+    return None if scan is None else scan.collect()
 
 
 def scan_basis_batches(lake: DeltaLake, stream: str, basis: dict[int, int], columns: list[str],
-                       where: pc.Expression | None = None, table: DeltaTable | None = None,
+                       where: pl.Expr | None = None, table: DeltaTable | None = None,
                        batch_rows: int = 262_144) -> Iterator[pl.DataFrame]:
-    """`scan_basis` as a stream of frames of at most `batch_rows` rows (in no particular order), so a
-    pass over any history holds one batch at a time (and pyarrow reads ahead one file and a few
-    batches, not its default of four files and sixteen batches: 1.3 GB more at 5M transactions)."""
-    found = _basis_scan(lake, stream, basis, columns, where, table)
-    if found is None:
+    """`scan_basis` as a stream of frames of at most about `batch_rows` rows (in no particular order),
+    so a pass over any history holds a few batches at a time."""
+    scan = scan_basis_lazy(lake, stream, basis, columns, where, table)
+    if scan is None:
         return
-    dataset, options, wanted = found
-    for batch in dataset.to_batches(**options, batch_size=batch_rows, fragment_readahead=1, batch_readahead=2):
-        if batch.num_rows:
-            yield _inside(pl.from_arrow(pa.Table.from_batches([batch])), wanted)  # type: ignore[arg-type]
+    for batch in scan.collect_batches(chunk_size=batch_rows, maintain_order=False):
+        if batch.height:
+            yield batch
 
 
-def _basis_scan(lake: DeltaLake, stream: str, basis: dict[int, int], columns: list[str],
-                where: pc.Expression | None, table: DeltaTable | None,
-                ) -> tuple[Any, dict[str, Any], dict[int, int]] | None:
-    """(pyarrow dataset, scan options, partitions wanted) for the rows of a basis; None when empty;
-    `ReplayBasisIncomplete` when the archive does not cover it."""
+def scan_basis_lazy(lake: DeltaLake, stream: str, basis: dict[int, int], columns: list[str],
+                    where: pl.Expr | None = None, table: DeltaTable | None = None) -> pl.LazyFrame | None:
+    """`scan_basis` as a polars lazy scan of the opened table's files (its version: progress and rows
+    agree), for a caller to filter and collect (streaming, when history is large); None when the
+    basis is empty. Polars' own Parquet reader: 5x faster than a pyarrow dataset scan of the archive.
+    """
     table = lake.table(table_name(stream)) if table is None else table
     progress = {} if table is None else archive_progress(lake, stream, table)
     short = {p: (o, progress.get(p, 0)) for p, o in basis.items() if progress.get(p, 0) < o}
@@ -413,18 +408,11 @@ def _basis_scan(lake: DeltaLake, stream: str, basis: dict[int, int], columns: li
         return None
     if table is None:  # pragma: no cover - progress > 0 implies the table exists
         raise ReplayBasisIncomplete(f"no archive table for {stream}")
-    condition = pc.field("partition").isin(sorted(wanted))
-    options = {"columns": ["partition", "offset", *columns],
-               "filter": condition if where is None else condition & where}
-    return table.to_pyarrow_dataset(), options, wanted
-
-
-def _inside(frame: pl.DataFrame, wanted: dict[int, int]) -> pl.DataFrame:
-    """The rows below the basis of their partition; offsets as text (an int64 archive from before
-    decimal offsets is read as text too)."""
-    if frame.schema["offset"] != pl.String:
-        frame = frame.with_columns(pl.col("offset").cast(pl.String))
-    return frame.filter(pl.any_horizontal([(pl.col("partition") == p) & below(o) for p, o in sorted(wanted.items())]))
+    scan = pl.scan_delta(table, storage_options=lake.storage_options, credential_provider=None)
+    # offsets as text (an int64 archive from before decimal offsets is read as text too)
+    scan = scan.with_columns(pl.col("offset").cast(pl.String))
+    inside = pl.any_horizontal([(pl.col("partition") == p) & below(o) for p, o in sorted(wanted.items())])
+    return scan.filter(inside if where is None else inside & where).select("partition", "offset", *columns)
 
 
 __all__ = [
@@ -440,6 +428,7 @@ __all__ = [
     "rebuild_archive",
     "scan_basis",
     "scan_basis_batches",
+    "scan_basis_lazy",
     "table_name",
     "typed_rows",
 ]

@@ -1,9 +1,11 @@
 """Parity: rebuild served snapshots from the archive at their recorded basis and compare hashes.
 
-Snapshots that share a basis and pins share one replay: the archive is decoded once, each
+Snapshots that share a basis and pins share one replay: the archive's typed columns are scanned
+once (polars, streaming: only the requested keys' events and the columns their groups read), each
 group's contributions are derived once, and every (key, as_of) the snapshots asked for is
-evaluated in one `point_features` call. Each snapshot is then assembled with the same
-`assemble` the server used, and its hash recomputed.
+evaluated in one `point_features` call. Each snapshot is then assembled as the server assembles
+it and its hash recomputed: once, when the rebuilt payload is the stored one exactly (the stored
+body's hash is needed anyway, to tell an altered body from a wrong rebuild).
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ import pyarrow as pa
 
 from featureplane.lake.delta import DeltaLake
 from featureplane.lake.object_store import ObjectStore
-from featureplane.offline.replay import transaction_batches
+from featureplane.offline.replay import transaction_scan
 from featureplane.online.snapshot_store import load_snapshot, stored_refs
+from featureplane.pipelines.canonical import same_document
 from featureplane.pipelines.errors import FpError
-from featureplane.pipelines.features import AS_OF, KEY, contributions, point_features
+from featureplane.pipelines.features import AS_OF, KEY, TS, contributions, point_features
 from featureplane.pipelines.registry import Registry
 from featureplane.pipelines.requests import CONTRACT_VERSION, FeatureRequest
-from featureplane.pipelines.snapshot import assemble, hashed_payload, snapshot_hash
+from featureplane.pipelines.snapshot import assemble_unsealed, hashed_payload, seal, snapshot_hash
 from featureplane.runtime.postgres import Database
 from featureplane.schemas.frames import TRANSACTION_SCHEMA
 from featureplane.schemas.records import POSITIONED_IDENTITY, first_positions
@@ -80,9 +83,10 @@ def _request_of(stored: dict[str, Any], registry: Registry) -> FeatureRequest:
 
 def rebuild_batch(lake: DeltaLake, registry: Registry, basis: dict[str, Any], pins: dict[str, str],
                   requests: list[FeatureRequest]) -> list[dict[str, Any]]:
-    """Rebuild the responses for requests that share one basis and one set of pins. Only the archived
-    events of the requested keys are read (filtered as the archive is scanned, a batch at a time):
-    memory follows the requests, not the history."""
+    """Rebuild the responses for requests that share one basis and one set of pins, unsealed (no hash
+    yet: `check_snapshots` hashes what it must). Only the archived
+    events of the requested keys are kept, and only the columns their groups read (filtered as the
+    archive is scanned, by polars' streaming engine): memory follows the requests, not the history."""
     queries: dict[tuple[str, str], set[tuple[str, int]]] = defaultdict(set)
     keys: dict[str, set[str]] = defaultdict(set)
     for request in requests:
@@ -91,11 +95,15 @@ def rebuild_batch(lake: DeltaLake, registry: Registry, basis: dict[str, Any], pi
                 if key_type == group.key_type:
                     queries[group.ref].add((key_id, request.as_of_us))
                     keys[group.key_field].add(key_id)
-    columns = [c for c in TRANSACTION_SCHEMA if c not in ("partition", "offset")]
-    batches = list(transaction_batches(lake, basis, pins, columns,
-                                       {f: pl.Series(f, list(ids), pl.String()) for f, ids in keys.items()}))
-    frame = pl.concat(batches) if batches else pl.DataFrame(schema=TRANSACTION_SCHEMA)
-    frame = frame.join(first_copies(lake, basis, frame), on=list(POSITIONED_IDENTITY), how="semi")
+    groups = [registry.get(*ref) for ref in queries]
+    read = {*POSITIONED_IDENTITY, TS, *keys, *(f for g in groups if g is not None for f in g.fields)}
+    columns = [c for c in TRANSACTION_SCHEMA if c in read and c not in ("partition", "offset")]
+    scan = transaction_scan(lake, basis, pins, columns,
+                            {f: pl.Series(f, sorted(ids), pl.String()) for f, ids in keys.items()})
+    if scan is None:
+        frame = pl.DataFrame(schema={c: TRANSACTION_SCHEMA[c] for c in ("partition", "offset", *columns)})
+    else:
+        frame = without_later_copies(lake, basis, scan)
     # every (group, key, as-of) asked in the batch, evaluated in one vectorised pass per group
     found: dict[tuple[str, str, str, int], dict[str, Any]] = {}
     for ref, wanted in queries.items():
@@ -106,26 +114,31 @@ def rebuild_batch(lake: DeltaLake, registry: Registry, basis: dict[str, Any], pi
         for row in point_features(contribs, query_frame, group).iter_rows(named=True):
             found[(*ref, row[KEY], row[AS_OF])] = row
     return [
-        assemble(request, {(g.group_name, g.group_version, key_id): found[(*g.ref, key_id, request.as_of_us)]
-                           for g in request.groups for key_type, key_id in request.keys
-                           if key_type == g.key_type}, basis)
+        assemble_unsealed(request, {(g.group_name, g.group_version, key_id): found[(*g.ref, key_id, request.as_of_us)]
+                                    for g in request.groups for key_type, key_id in request.keys
+                                    if key_type == g.key_type}, basis)
         for request in requests
     ]
 
 
-def first_copies(lake: DeltaLake, basis: dict[str, Any], frame: pl.DataFrame) -> pl.DataFrame:
-    """The first position of every event id in `frame`, looked up across the whole basis (a second scan
-    reading only the ids, of every run): a copy of an event at a later position is skipped online even
-    when its keys or pins differ from the first copy's, so a filter by key alone could not decide it.
-
-    The scan keeps the rows whose identity hash is one of `frame`'s (integers looked up, not a set of
-    a million strings built for every batch): every copy is kept, and a row kept by a hash collision
-    is another event's, which `first_positions` keeps apart."""
-    wanted = frame.select(_identity_hash()).to_series().unique().implode()
-    kept = []
-    for batch in transaction_batches(lake, basis, {}, ["platform_run_id", "event_id"]):
-        kept.append(batch.filter(_identity_hash().is_in(wanted)).select(POSITIONED_IDENTITY))
-    return first_positions(pl.concat(kept)) if kept else frame.select(POSITIONED_IDENTITY).clear()
+def without_later_copies(lake: DeltaLake, basis: dict[str, Any], scan: pl.LazyFrame) -> pl.DataFrame:
+    """`scan` collected, less every copy of an event (same run and event id) after its first position,
+    decided across the whole basis, every run (a second scan, of the identities only, run alongside
+    the first): a later copy is skipped online even when its keys or pins differ from the first
+    copy's, so a filter by key alone could not decide it. The identities are compared by a 64-bit
+    hash first, so only the few whose hash repeats (the bus carried an event twice, or a collision)
+    are read whole and decided exactly."""
+    identities = transaction_scan(lake, basis, {}, ["platform_run_id", "event_id"])
+    assert identities is not None  # the basis is not empty: `scan` exists
+    repeated_scan = identities.select(_identity_hash()).filter(pl.col("_identity").is_duplicated()).unique()
+    frame, repeated = pl.collect_all([scan, repeated_scan], engine="streaming")
+    if frame.is_empty() or repeated.is_empty():  # the common case: no event reached the bus twice
+        return frame
+    wanted = repeated.to_series().implode()
+    copies = (identities.filter(_identity_hash().is_in(wanted)).select(POSITIONED_IDENTITY)
+              .collect(engine="streaming"))
+    later = copies.join(first_positions(copies), on=list(POSITIONED_IDENTITY), how="anti")
+    return frame.join(later, on=list(POSITIONED_IDENTITY), how="anti")
 
 
 def _identity_hash() -> pl.Expr:
@@ -165,8 +178,11 @@ def check_snapshots(lake: DeltaLake, registry: Registry, stored: list[dict[str, 
             continue
         for (response, _), fresh in zip(items, rebuilt, strict=True):
             digest = response["snapshot"]["feature_snapshot_hash"]
-            recomputed = fresh["snapshot"]["feature_snapshot_hash"]
-            body_intact = snapshot_hash(response) == digest
+            stored_hash = snapshot_hash(response)
+            # a rebuilt payload identical to the stored one (types included) has its hash: one hash, not two
+            same = same_document(hashed_payload(response), hashed_payload(fresh))
+            recomputed = seal(fresh, stored_hash if same else None)["snapshot"]["feature_snapshot_hash"]
+            body_intact = stored_hash == digest
             if recomputed == digest and body_intact:
                 outcomes[digest] = ParityOutcome(digest, recomputed, True, None, None)
                 continue

@@ -3,15 +3,19 @@ had applied when its checkpoint stood at that basis (same decoder, same first-po
 
 from __future__ import annotations
 
-import functools
-import operator
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import polars as pl
-import pyarrow.compute as pc
 
-from featureplane.lake.archive import has_typed_columns, read_basis, scan_basis, scan_basis_batches, table_name
+from featureplane.lake.archive import (
+    has_typed_columns,
+    read_basis,
+    scan_basis,
+    scan_basis_batches,
+    scan_basis_lazy,
+    table_name,
+)
 from featureplane.lake.delta import DeltaLake
 from featureplane.pipelines.errors import TerminalError
 from featureplane.pipelines.positions import parse_basis
@@ -56,7 +60,7 @@ def _decoded(lake: DeltaLake, basis: dict[str, Any], stream: str,
         frame, _ = decode(_records(lake, basis))
         return frame
     columns = [c for c in schema if c not in ("partition", "offset")]
-    frame = scan_basis(lake, stream, offsets, [*columns, "reject_reason"], where=pc.field("reject_reason").is_null(),
+    frame = scan_basis(lake, stream, offsets, [*columns, "reject_reason"], where=pl.col("reject_reason").is_null(),
                        table=table)
     if frame is None:
         return pl.DataFrame(schema=schema)
@@ -69,7 +73,6 @@ def transaction_batches(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, 
     at a time (duplicates not yet removed: `first_positions` wherever they meet); with `keys`
     ({key field: ids}), only those of at least one of the keys, filtered as the archive is read.
     An archive without typed columns is decoded whole, as one batch."""
-    offsets = stream_offsets(basis, TRAFFIC)
     table = lake.table(table_name(TRAFFIC))
     if not has_typed_columns(lake, TRAFFIC, table):
         frame = with_pins(transactions_at(lake, basis), pins)
@@ -77,16 +80,27 @@ def transaction_batches(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, 
             frame = frame.filter(pl.any_horizontal([pl.col(f).is_in(ids) for f, ids in keys.items()] or [False]))
         yield frame.select("partition", "offset", *columns)
         return
-    where = pc.field("reject_reason").is_null()
+    scan = transaction_scan(lake, basis, pins, columns, keys, table)
+    if scan is not None:
+        yield from scan.collect_batches(chunk_size=262_144, maintain_order=False)
+
+
+def transaction_scan(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, str], columns: list[str],
+                     keys: dict[str, pl.Series] | None = None, table: Any = None) -> pl.LazyFrame | None:
+    """`transaction_batches` of an archive with typed columns as one lazy scan (None when the basis is
+    empty), for the caller to narrow further and collect with the streaming engine."""
+    offsets = stream_offsets(basis, TRAFFIC)
+    where = pl.col("reject_reason").is_null()
     for pin, value in sorted(pins.items()):
-        where = where & (pc.field(pin) == value)
+        where = where & (pl.col(pin) == value)
     if keys is not None:
-        # the ids go to pyarrow as an Arrow array: no Python list of a million strings
-        wanted_keys = [pc.field(f).isin(ids.to_arrow()) for f, ids in sorted(keys.items())]
-        where = where & (functools.reduce(operator.or_, wanted_keys) if wanted_keys else pc.scalar(False))
+        wanted_keys = [pl.col(f).is_in(ids.implode()) for f, ids in sorted(keys.items())]
+        where = where & (pl.any_horizontal(wanted_keys) if wanted_keys else pl.lit(False))
     wanted = [c for c in columns if c not in ("partition", "offset")]
-    for batch in scan_basis_batches(lake, TRAFFIC, offsets, wanted, where=where, table=table):
-        yield batch.cast({c: t for c, t in TRANSACTION_SCHEMA.items() if c in batch.columns})  # type: ignore[arg-type]
+    scan = scan_basis_lazy(lake, TRAFFIC, offsets, wanted, where=where, table=table)
+    if scan is None:
+        return None
+    return scan.cast({c: t for c, t in TRANSACTION_SCHEMA.items() if c in ("partition", "offset", *wanted)})  # type: ignore[arg-type]
 
 
 def transactions_at(lake: DeltaLake, basis: dict[str, Any]) -> pl.DataFrame:
@@ -110,7 +124,7 @@ def pinned_labels(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, str]) 
     pinned = pl.all_horizontal([pl.col(n) == v for n, v in sorted(pins.items())] or [pl.lit(True)]).alias("_pinned")
     batches = [batch.select("partition", "offset", *kept, pinned)
                for batch in scan_basis_batches(lake, LABELS, offsets, [*kept, *sorted(pins)],
-                                               where=pc.field("reject_reason").is_null(), table=table)]
+                                               where=pl.col("reject_reason").is_null(), table=table)]
     schema = {c: LABEL_SCHEMA[c] for c in ("partition", "offset", *kept)}
     frame = pl.concat(batches).cast(schema) if batches else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
     if "_pinned" not in frame.columns:

@@ -147,6 +147,7 @@ def point_features(contribs: pl.DataFrame, queries: pl.DataFrame, group: GroupDe
     Returns one row per distinct query with the group's features (sorted names) and `last_update_us`
     (a LazyFrame when `lazy`, so several groups can be collected together).
     """
+    contribs = _reached(contribs, queries, group)
     fast = _point_on_axis(contribs, queries, group)
     if fast is not None:
         return fast.lazy() if lazy else fast
@@ -165,6 +166,19 @@ def point_features(contribs: pl.DataFrame, queries: pl.DataFrame, group: GroupDe
         result = result.with_columns([derived_expr(d) for d in group.derived])
     result = result.select(KEY, AS_OF, *group.feature_names, LAST_UPDATE).sort(KEY, AS_OF)
     return result if lazy else result.collect()
+
+
+def _reached(contribs: pl.DataFrame, queries: pl.DataFrame, group: GroupDef) -> pl.DataFrame:
+    """The contributions inside the lookback window of at least one query of their key (no other can
+    change an answer). An event is inside some query's window exactly when it is inside the window of
+    its key's first query at or after it, so one as-of join decides it."""
+    if contribs.is_empty() or queries.is_empty():
+        return contribs
+    asked = queries.select(pl.col(KEY).cast(pl.String), pl.col(AS_OF).cast(pl.Int64)).unique().sort(AS_OF)
+    events = contribs.with_columns(pl.col(KEY).cast(pl.String)).sort(TS)
+    nearest = events.join_asof(asked, left_on=TS, right_on=AS_OF, by=KEY, strategy="forward",
+                               check_sortedness=False)
+    return nearest.filter(window_mask(group.lookback_us).fill_null(False)).drop(AS_OF)
 
 
 AXIS = "_axis"  # one time axis for every key: see `rolling_features`

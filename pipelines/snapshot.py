@@ -50,6 +50,16 @@ def assemble(
     extra_provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the success response from the finished values of every requested (group, key)."""
+    return seal(assemble_unsealed(request, rows, basis, extra_provenance))
+
+
+def assemble_unsealed(
+    request: FeatureRequest,
+    rows: GroupValues,
+    basis: dict[str, Any],
+    extra_provenance: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`assemble` without the hash (`seal` adds it): for a caller that can tell it from another's."""
     as_of = request.as_of_us
     by_key: list[dict[str, Any]] = []
     freshness: list[dict[str, Any]] = []
@@ -115,11 +125,17 @@ def assemble(
         },
         "provenance": provenance,
     }
-    digest = snapshot_hash(response)
-    response["snapshot"]["feature_snapshot_hash"] = digest
-    provenance["feature_snapshot_hash"] = digest
     if request.request_id is not None:
         response["request_id"] = request.request_id
+    return response
+
+
+def seal(response: dict[str, Any], digest: str | None = None) -> dict[str, Any]:
+    """Write the snapshot hash into an unsealed response: `digest` when the caller already knows it
+    (the hash of a payload proven identical), else computed here."""
+    digest = snapshot_hash(response) if digest is None else digest
+    response["snapshot"]["feature_snapshot_hash"] = digest
+    response["provenance"]["feature_snapshot_hash"] = digest
     return response
 
 

@@ -6,7 +6,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from featureplane.pipelines.canonical import jcs, sha256_ref
+from featureplane.pipelines.canonical import jcs, same_document, sha256_ref
 
 # any character but lone surrogates (not UTF-8), control characters and NUL included, often
 text = st.text(st.characters(exclude_categories=("Cs",)), max_size=12) | st.text(st.characters(max_codepoint=0x40),
@@ -33,3 +33,18 @@ def test_known_vectors_and_fallbacks():
     # non-ASCII keys (UTF-16 order) and integers past 2^53 take the reference implementation itself
     assert jcs({"\U0001f600": 1, "\ufb01": 2}) == rfc8785.dumps({"\U0001f600": 1, "\ufb01": 2})
     assert sha256_ref({"a": 1}) == "sha256:015abd7f5cc57a2dd94b7590f04ad8084273905ee33ec5cebeae62276a97f862"
+
+
+@settings(max_examples=300, deadline=None)
+@given(values, values)
+def test_documents_said_to_be_the_same_have_the_same_canonical_bytes(a, b):
+    assert same_document(a, a)
+    if same_document(a, b):
+        assert jcs(a) == jcs(b)
+
+
+def test_same_document_tells_types_apart_and_ignores_key_order():
+    assert same_document({"a": 1, "b": [True, None, "x"]}, {"b": [True, None, "x"], "a": 1})
+    assert not same_document({"stale": False}, {"stale": 0})  # equal in Python, not in JSON
+    assert not same_document({"n": 1}, {"n": 1.0})
+    assert not same_document({"n": 2**64}, {"n": 2**64})  # beyond what it can tell cheaply: not "same"
