@@ -8,16 +8,21 @@ against a second worker linking the same chains concurrently.
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 
 import polars as pl
 import psycopg
 
+from featureplane.online.checkpoints import TRANSIENT_ERRORS
 from featureplane.pipelines.buckets import DistinctSlot, distinct_plan, occurrences, relink
 from featureplane.pipelines.features import KEY, TS
 from featureplane.pipelines.registry import GroupDef
+from featureplane.runtime.postgres import Database
 
 LINK_LOCK = 7307  # advisory lock class: (LINK_LOCK, group_id) serializes the linking of one group
+
+SETTLE_AFTER_LINKS = 20_000  # links written by one drain beyond which the worker settles them (`settle_links`)
 
 CROWDED = 32  # stored links inside a pair's batch range beyond which its neighbours are probed one by one
 
@@ -53,6 +58,17 @@ def lock_groups(conn: psycopg.Connection, group_ids: list[int]) -> None:
     """Take the linking locks of these groups, in one order for every worker (no deadlock)."""
     for gid in sorted(set(group_ids)):
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LINK_LOCK, gid))
+
+
+def settle_links(db: Database) -> None:
+    """VACUUM the link table after a drain that wrote many links: serving counts distinct values with
+    index-only scans of it, which read the heap for every tuple of a page the visibility map does not
+    yet mark all-visible (and dirty it, setting hint bits). Autovacuum gets there within minutes; the
+    worker, which knows it has just written them, does it at once. Hot device / card / merchant p99
+    right after 1.5M events: 2.97 / 2.40 / 2.57 ms before, 1.91 / 1.69 / 1.96 ms after (2.5 s of
+    VACUUM, on top of 460 s of applying them). A transient failure leaves it to autovacuum."""
+    with contextlib.suppress(*TRANSIENT_ERRORS), db.connect(autocommit=True) as conn:
+        conn.execute("VACUUM ofp_links")
 
 
 def write_links(conn: psycopg.Connection, group: GroupDef, group_id: int, width_us: int,

@@ -18,7 +18,7 @@ import psycopg
 
 from featureplane.online.bus.base import EventBus
 from featureplane.online.checkpoints import Fenced, Lease, Records, advance, bump_counters, drain, record_failures
-from featureplane.online.distinct_state import lock_groups, write_links
+from featureplane.online.distinct_state import SETTLE_AFTER_LINKS, lock_groups, settle_links, write_links
 from featureplane.online.ofp_state import (
     CONSUMER,
     OfpStateWriter,
@@ -44,6 +44,7 @@ class WorkerStats:
     duplicates: int = 0
     failures: int = 0
     contributions: int = 0
+    links: int = 0  # count_distinct links of hot-key groups
     per_partition: dict[int, int] = field(default_factory=dict)
 
 
@@ -83,9 +84,12 @@ class OfpWorker:
     def run_until_idle(self, stats: WorkerStats | None = None) -> WorkerStats:
         """Drain every partition of the traffic stream, then return."""
         stats = stats or WorkerStats()
+        links_before = stats.links
         self.bus.ensure_stream(TRAFFIC)
         for partition in self.share(self.bus.partitions(TRAFFIC)):
             self.drain_partition(partition, stats)
+        if stats.links - links_before >= SETTLE_AFTER_LINKS:
+            settle_links(self.db)
         return stats
 
     def drain_partition(self, partition: int, stats: WorkerStats, max_batches: int | None = None) -> None:
@@ -139,7 +143,7 @@ class OfpWorker:
                             [(f.partition, f.offset, f.event_id, f.reason_code, f.detail) for f in failures])
             fresh = self.writer.claim_events(conn, unique)
             duplicates = in_batch_dupes + (unique.height - fresh.height)
-            written = 0
+            written = links = 0
             if not fresh.is_empty():
                 scopes = self.writer.scope_ids(conn, fresh)
                 scoped = fresh.join(scopes, on=["scenario_id", "run_id", "manifest_fingerprint",
@@ -152,7 +156,7 @@ class OfpWorker:
                     part = contributions(scoped, group, carry=("scope_id",))
                     write_buckets(conn, group, gid, widths[gid],
                                   bucket_partials(part, group, widths[gid], by=("scope_id",)))
-                    write_links(conn, group, gid, widths[gid], part)
+                    links += write_links(conn, group, gid, widths[gid], part)
             crash_point("ofp_after_state_write")
             last_ts = int(fresh[TS].max()) if not fresh.is_empty() else None
             bump_counters(conn, CONSUMER, TRAFFIC, lease.partition, applied=fresh.height, duplicates=duplicates,
@@ -168,6 +172,7 @@ class OfpWorker:
         stats.duplicates += duplicates
         stats.failures += len(failures)
         stats.contributions += written
+        stats.links += links
         stats.per_partition[lease.partition] = next_offset
         return lease
 

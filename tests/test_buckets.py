@@ -272,3 +272,24 @@ def test_a_registered_width_cannot_change_under_servers(app):
     assert refused.value.reason_code == "BUCKET_WIDTH_CHANGED"
     assert "1800 s" in refused.value.message and "900 s" in refused.value.message
     OfpWorker(app.db, app.bus, app.registry, bucketed={ref: 1800 * S})
+
+
+@pytest.mark.parametrize("threshold", [1000, 10**9])
+def test_a_drain_that_wrote_many_links_vacuums_them_at_once(app, monkeypatch, threshold):
+    """Serving reads the links with index-only scans, which want pages marked all-visible: a drain that
+    wrote at least SETTLE_AFTER_LINKS links VACUUMs them itself (a manual VACUUM: `last_vacuum`, which
+    autovacuum never sets); one that wrote fewer leaves them to autovacuum."""
+    from featureplane.online import ofp_worker
+
+    monkeypatch.setattr(ofp_worker, "SETTLE_AFTER_LINKS", threshold)
+    rng = random.Random(8)
+    events = [txn(i, T0 + rng.randrange(0, 3 * 24 * 3600) * S, account=f"a{i % 300}", card=f"c{i % 400}",
+                  device="hot") for i in range(1500)]
+    Publisher(app.db, app.bus).publish(TRAFFIC, lines(events), "t")
+    stats = OfpWorker(app.db, app.bus, app.registry, batch_size=500,
+                      bucketed={("device_reuse", "1.0"): 3600 * S}).run_until_idle()
+    assert stats.links >= 2 * 1500  # two distinct slots, one link per occurrence
+    with app.db.transaction() as conn:
+        vacuumed = [row[0] is not None for row in conn.execute(
+            "SELECT last_vacuum FROM pg_stat_user_tables WHERE relname LIKE 'ofp\\_links\\_%' AND n_live_tup > 0")]
+    assert vacuumed and all(vacuumed) == (threshold <= stats.links)
