@@ -126,10 +126,10 @@ def build_dataset(lake: DeltaLake, intent: BuildIntent, step: Step = lambda _nam
             by_key.setdefault(group.key_field, []).append((index, group))
         skipped = pl.concat([later_copies(layout, shard) for shard in range(shards)])
         step(f"{skipped.height} later copies of events left out", steps)
-        feature_units = [(layout, key, shard, groups, scope, skipped) for key, groups in by_key.items()
+        feature_units = [(layout, key, shard, groups, bounds, skipped) for key, groups in by_key.items()
                          for shard in range(shards)]
         run_units(shard_values, feature_units, jobs, lambda: step("features of a key shard", steps))
-        chunk_units = [(layout, c, (bounds[c], bounds[c + 1]), indexed, labels, TRANSACTION_SCHEMA, skipped)
+        chunk_units = [(layout, c, indexed, labels, TRANSACTION_SCHEMA, skipped)
                        for c in range(len(bounds) - 1)]
         chunks = run_units(assemble_chunk, chunk_units, jobs, lambda: step("a chunk assembled", steps))
     except BaseException:

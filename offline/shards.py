@@ -11,9 +11,9 @@ directory, so memory is bounded by the largest unit, not by history:
    online plane's first-position rule, decided over the whole basis even when the copies differ.
 2. features (`shard_values`): per (key type, shard), every group of that key type evaluated by the
    shared algebra (`rolling_features`) over the shard's events; the values of in-scope rows are
-   written sorted by time.
-3. assemble (`assemble_chunk`): per time chunk, its rows joined with every group's values for that
-   time range and with the labels, in (time, position) order: one output file per chunk.
+   written to the time chunk of their row.
+3. assemble (`assemble_chunk`): per time chunk, its rows joined with every group's values of that
+   chunk and with the labels, in (time, position) order: one output file per chunk.
 
 The output files depend only on the data and `CHUNK_ROWS`, never on how keys were sharded. Units
 2 and 3 are plain functions of paths and values: a process pool runs them here (`run_units`), and
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +64,14 @@ def within(lo: int, hi: int) -> pl.Expr:
     return (pl.col(TS) >= lo) & (pl.col(TS) < hi)
 
 
+def by_chunk(frame: pl.DataFrame, bounds: list[int]) -> Iterator[tuple[int, pl.DataFrame]]:
+    """The in-scope rows of `frame` split by time chunk: (chunk, its rows)."""
+    cuts = pl.Series(bounds[1:-1], dtype=pl.Int64)
+    chunks = frame.with_columns(cuts.search_sorted(frame[TS], side="right").cast(pl.Int32).alias("_chunk"))
+    for (chunk,), part in chunks.partition_by("_chunk", as_dict=True, include_key=False).items():
+        yield int(chunk), part  # type: ignore[call-overload]
+
+
 def shard_count(events: int) -> int:
     return max(1, math.ceil(events / SHARD_EVENTS))
 
@@ -91,14 +99,14 @@ class Layout:
     def rows(self, chunk: int) -> Path:
         return self.root / f"rows-{chunk:05d}.arrow"
 
-    def values(self, group_index: int, shard: int) -> Path:
-        return self.root / f"values-{group_index:03d}-{shard:05d}.parquet"
+    def values(self, group_index: int, shard: int, chunk: int) -> Path:
+        return self.root / f"values-{group_index:03d}-{shard:05d}-{chunk:05d}.arrow"
 
     def identities(self, shard: int) -> Path:
         return self.root / f"ids-{shard:05d}.arrow"
 
-    def values_of(self, group_index: int) -> list[Path]:
-        return sorted(self.root.glob(f"values-{group_index:03d}-*.parquet"))
+    def values_of(self, group_index: int, chunk: int) -> list[Path]:
+        return sorted(self.root.glob(f"values-{group_index:03d}-*-{chunk:05d}.arrow"))
 
     def output(self, chunk: int) -> Path:
         return self.root / f"part-{chunk:05d}.parquet"
@@ -135,10 +143,8 @@ class Router:
             for (shard,), part in parts.partition_by("_shard", as_dict=True, include_key=False).items():
                 self._write(self.layout.events(key_field, int(shard)), part)  # type: ignore[arg-type]
         inside = batch.filter(within(self.bounds[0], self.bounds[-1])).select(UID, *ROW_COLUMNS)
-        cuts = pl.Series(self.bounds[1:-1], dtype=pl.Int64)
-        chunks = inside.with_columns(cuts.search_sorted(inside[TS], side="right").cast(pl.Int32).alias("_chunk"))
-        for (chunk,), part in chunks.partition_by("_chunk", as_dict=True, include_key=False).items():
-            self._write(self.layout.rows(int(chunk)), part)  # type: ignore[arg-type]
+        for chunk, part in by_chunk(inside, self.bounds):
+            self._write(self.layout.rows(chunk), part)
 
     def _write(self, path: Path, part: pl.DataFrame) -> None:
         table = part.to_arrow()
@@ -177,19 +183,22 @@ def without(frame: pl.DataFrame, skipped: pl.DataFrame) -> pl.DataFrame:
 
 
 def shard_values(layout: Layout, key_field: str, shard: int, groups: list[tuple[int, GroupDef]],
-                 scope: tuple[int, int], skipped: pl.DataFrame) -> None:
+                 bounds: list[int], skipped: pl.DataFrame) -> None:
     """Step 2 for one (key type, shard): each group's features as of every in-scope event of the
-    shard, written to `layout.values(group_index, shard)` sorted by time."""
+    shard, written to `layout.values(group_index, shard, chunk)` for the time chunk of its row, so
+    an assembly reads exactly its own (at 5M events, reading each chunk's time range out of every
+    shard's values read half of them ten times over)."""
     path = layout.events(key_field, shard)
     if not path.exists():
         return
     events = without(pl.read_ipc(path), skipped)
     for index, group in groups:
-        group_values(events, group).filter(within(*scope)).sort(TS).write_parquet(
-            layout.values(index, shard), compression="lz4", statistics=True)
+        values = group_values(events, group).filter(within(bounds[0], bounds[-1]))
+        for chunk, part in by_chunk(values, bounds):
+            part.write_ipc(layout.values(index, shard, chunk))  # uncompressed: read back memory-mapped
 
 
-def assemble_chunk(layout: Layout, chunk: int, bounds: tuple[int, int], groups: list[tuple[int, GroupDef]],
+def assemble_chunk(layout: Layout, chunk: int, groups: list[tuple[int, GroupDef]],
                    labels: pl.DataFrame, events_schema: dict[str, pl.DataType], skipped: pl.DataFrame,
                    ) -> dict[str, Any]:
     """Step 3 for one time chunk: its rows, their feature values and labels, in (time, position)
@@ -202,8 +211,8 @@ def assemble_chunk(layout: Layout, chunk: int, bounds: tuple[int, int], groups: 
     for index, group in groups:
         names = [feature_column(group, f) for f in group.feature_names]
         features += names
-        files = layout.values_of(index)
-        values = (pl.scan_parquet(files).filter(within(*bounds)).select(UID, *names).collect()
+        files = layout.values_of(index, chunk)
+        values = (pl.concat([pl.read_ipc(f, columns=[UID, *names]) for f in files])
                   if files else group_values(empty, group))  # no events of its key type: its typed columns
         rows = rows.join(values, on=UID, how="left")
     rows = rows.join(labels, on=["platform_run_id", "flow_id"], how="left")
