@@ -69,32 +69,31 @@ def _decoded(lake: DeltaLake, basis: dict[str, Any], stream: str,
 
 def transaction_batches(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, str], columns: list[str],
                         keys: dict[str, pl.Series] | None = None) -> Iterator[pl.DataFrame]:
-    """The transactions inside the basis that decode and carry these pins, `columns` of them, a batch
-    at a time (duplicates not yet removed: `first_positions` wherever they meet); with `keys`
-    ({key field: ids}), only those of at least one of the keys, filtered as the archive is read.
-    An archive without typed columns is decoded whole, as one batch."""
-    table = lake.table(table_name(TRAFFIC))
-    if not has_typed_columns(lake, TRAFFIC, table):
-        frame = with_pins(transactions_at(lake, basis), pins)
-        if keys is not None:
-            frame = frame.filter(pl.any_horizontal([pl.col(f).is_in(ids) for f, ids in keys.items()] or [False]))
-        yield frame.select("partition", "offset", *columns)
-        return
-    scan = transaction_scan(lake, basis, pins, columns, keys, table)
+    """`transaction_scan`, a batch at a time."""
+    scan = transaction_scan(lake, basis, pins, columns, keys)
     if scan is not None:
         yield from scan.collect_batches(chunk_size=262_144, maintain_order=False)
 
 
 def transaction_scan(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, str], columns: list[str],
-                     keys: dict[str, pl.Series] | None = None, table: Any = None) -> pl.LazyFrame | None:
-    """`transaction_batches` of an archive with typed columns as one lazy scan (None when the basis is
-    empty), for the caller to narrow further and collect with the streaming engine."""
+                     keys: dict[str, pl.Series] | None = None) -> pl.LazyFrame | None:
+    """The transactions inside the basis that decode and carry these pins, `columns` of them, as one
+    lazy scan for the caller to narrow further and collect (streaming, when history is large); None
+    when the basis is empty. Duplicates are not yet removed (`first_positions` wherever they meet).
+    With `keys` ({key field: ids}), only those of at least one of the keys, filtered as the archive
+    is read. An archive without typed columns is decoded whole."""
     offsets = stream_offsets(basis, TRAFFIC)
+    table = lake.table(table_name(TRAFFIC))
+    wanted_keys = [pl.col(f).is_in(ids.implode()) for f, ids in sorted((keys or {}).items())]
+    if not has_typed_columns(lake, TRAFFIC, table):
+        frame = with_pins(transactions_at(lake, basis), pins)
+        if keys is not None:
+            frame = frame.filter(pl.any_horizontal(wanted_keys) if wanted_keys else pl.lit(False))
+        return frame.lazy().select("partition", "offset", *columns)
     where = pl.col("reject_reason").is_null()
     for pin, value in sorted(pins.items()):
         where = where & (pl.col(pin) == value)
     if keys is not None:
-        wanted_keys = [pl.col(f).is_in(ids.implode()) for f, ids in sorted(keys.items())]
         where = where & (pl.any_horizontal(wanted_keys) if wanted_keys else pl.lit(False))
     wanted = [c for c in columns if c not in ("partition", "offset")]
     scan = scan_basis_lazy(lake, TRAFFIC, offsets, wanted, where=where, table=table)

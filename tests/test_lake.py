@@ -262,7 +262,9 @@ def test_fp_archive_rebuild_moves_an_old_archive_to_the_current_layout_and_chang
 
     from featureplane.lake.archive import archive_schema, has_typed_columns
     from featureplane.offline.ofs import run_intent
-    from tests.helpers import run_fp
+    from featureplane.offline.parity import run_parity
+    from featureplane.online.snapshot_store import flush_outbox
+    from tests.helpers import request, run_fp, serve
 
     _publish(app, 30)
     app.bus.append(TRAFFIC, [("k", b"not json")])
@@ -281,6 +283,12 @@ def test_fp_archive_rebuild_moves_an_old_archive_to_the_current_layout_and_chang
               "observation_scope": {"ts_from_utc": "2020-01-01T00:00:00Z", "ts_to_utc": "2030-01-01T00:00:00Z"}}
     first = run_intent(app, intent)
     first_bytes = [app.store.get(f["key"]) for f in first["files"]]
+    for account in ("a1", "a3"):  # parity rebuilds served snapshots from the old layout too
+        served = serve(app, request([("account", account)], [("txn_velocity", "2.0")], T0 + 40 * S))
+        assert served["kind"] == "get_features_response", served
+    flush_outbox(app.db, app.store, app.lake)
+    checked = run_parity(app.db, app.store, app.lake, app.registry)
+    assert (checked["checked"], checked["matched"]) == (2, 2), checked
 
     code, out, err = run_fp(app, fp_home, "archive", "rebuild", "--stream", TRAFFIC)
     assert code == 0, out + err
@@ -295,6 +303,8 @@ def test_fp_archive_rebuild_moves_an_old_archive_to_the_current_layout_and_chang
     again = run_intent(app, {**intent, "request_id": "after"})
     assert again["dataset_fingerprint"] == first["dataset_fingerprint"]
     assert [app.store.get(f["key"]) for f in again["files"]] == first_bytes
+    checked = run_parity(app.db, app.store, app.lake, app.registry)
+    assert (checked["checked"], checked["matched"]) == (2, 2), checked
     code, out, _ = run_fp(app, fp_home, "archive", "rebuild", "--stream", TRAFFIC)  # nothing left to do
     assert json.loads(out)["archives"][0]["rebuilt"] is False
     _publish(app, 5, start=30)  # and the worker appends to it in the new layout
