@@ -84,9 +84,9 @@ def _request_of(stored: dict[str, Any], registry: Registry) -> FeatureRequest:
 def rebuild_batch(lake: DeltaLake, registry: Registry, basis: dict[str, Any], pins: dict[str, str],
                   requests: list[FeatureRequest]) -> list[dict[str, Any]]:
     """Rebuild the responses for requests that share one basis and one set of pins, unsealed (no hash
-    yet: `check_snapshots` hashes what it must). Only the archived
-    events of the requested keys are kept, and only the columns their groups read (filtered as the
-    archive is scanned, by polars' streaming engine): memory follows the requests, not the history."""
+    yet: `check_snapshots` hashes what it must). Only the archived events of the requested keys are
+    kept, and only the columns their groups read (filtered as the archive is scanned, by polars'
+    streaming engine): memory follows the requests, not the history."""
     queries: dict[tuple[str, str], set[tuple[str, int]]] = defaultdict(set)
     keys: dict[str, set[str]] = defaultdict(set)
     for request in requests:
