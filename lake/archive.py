@@ -367,6 +367,9 @@ def has_typed_columns(lake: DeltaLake, stream: str, table: DeltaTable | None = N
     return table is not None and "reject_reason" in pa.schema(table.schema().to_arrow()).names
 
 
+BATCH_ROWS = 262_144  # rows per batch of a pass over the archive (`scan_basis_batches`)
+
+
 def scan_basis(lake: DeltaLake, stream: str, basis: dict[int, int], columns: list[str],
                where: pl.Expr | None = None, table: DeltaTable | None = None) -> pl.DataFrame | None:
     """`partition`, `offset` (text) and `columns` of the archived rows of `stream` inside the basis
@@ -380,7 +383,7 @@ def scan_basis(lake: DeltaLake, stream: str, basis: dict[int, int], columns: lis
 
 def scan_basis_batches(lake: DeltaLake, stream: str, basis: dict[int, int], columns: list[str],
                        where: pl.Expr | None = None, table: DeltaTable | None = None,
-                       batch_rows: int = 262_144) -> Iterator[pl.DataFrame]:
+                       batch_rows: int = BATCH_ROWS) -> Iterator[pl.DataFrame]:
     """`scan_basis` as a stream of frames of at most about `batch_rows` rows (in no particular order),
     so a pass over any history holds a few batches at a time."""
     scan = scan_basis_lazy(lake, stream, basis, columns, where, table)
@@ -417,6 +420,7 @@ def scan_basis_lazy(lake: DeltaLake, stream: str, basis: dict[int, int], columns
 
 __all__ = [
     "ARCHIVE_SCHEMA",
+    "BATCH_ROWS",
     "ArchiveConflict",
     "ArchiveStats",
     "ArchiveTap",

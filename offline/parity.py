@@ -29,7 +29,7 @@ from featureplane.online.snapshot_store import load_snapshot, stored_refs
 from featureplane.pipelines.canonical import same_document
 from featureplane.pipelines.errors import FpError
 from featureplane.pipelines.features import AS_OF, KEY, TS, contributions, point_features
-from featureplane.pipelines.registry import Registry
+from featureplane.pipelines.registry import GroupDef, Registry
 from featureplane.pipelines.requests import CONTRACT_VERSION, FeatureRequest
 from featureplane.pipelines.snapshot import assemble_unsealed, hashed_payload, seal, snapshot_hash
 from featureplane.runtime.postgres import Database
@@ -81,7 +81,7 @@ def _request_of(stored: dict[str, Any], registry: Registry) -> FeatureRequest:
     }, registry)
 
 
-def rebuild_batch(lake: DeltaLake, registry: Registry, basis: dict[str, Any], pins: dict[str, str],
+def rebuild_batch(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, str],
                   requests: list[FeatureRequest]) -> list[dict[str, Any]]:
     """Rebuild the responses for requests that share one basis and one set of pins, unsealed (no hash
     yet: `check_snapshots` hashes what it must). Only the archived events of the requested keys are
@@ -89,14 +89,15 @@ def rebuild_batch(lake: DeltaLake, registry: Registry, basis: dict[str, Any], pi
     streaming engine): memory follows the requests, not the history."""
     queries: dict[tuple[str, str], set[tuple[str, int]]] = defaultdict(set)
     keys: dict[str, set[str]] = defaultdict(set)
+    groups: dict[tuple[str, str], GroupDef] = {}
     for request in requests:
         for group in request.groups:
+            groups[group.ref] = group
             for key_type, key_id in request.keys:
                 if key_type == group.key_type:
                     queries[group.ref].add((key_id, request.as_of_us))
                     keys[group.key_field].add(key_id)
-    groups = [registry.get(*ref) for ref in queries]
-    read = {*POSITIONED_IDENTITY, TS, *keys, *(f for g in groups if g is not None for f in g.fields)}
+    read = {*POSITIONED_IDENTITY, TS, *keys, *(f for ref in queries for f in groups[ref].fields)}
     columns = [c for c in TRANSACTION_SCHEMA if c in read and c not in ("partition", "offset")]
     scan = transaction_scan(lake, basis, pins, columns,
                             {f: pl.Series(f, sorted(ids), pl.String()) for f, ids in keys.items()})
@@ -107,8 +108,7 @@ def rebuild_batch(lake: DeltaLake, registry: Registry, basis: dict[str, Any], pi
     # every (group, key, as-of) asked in the batch, evaluated in one vectorised pass per group
     found: dict[tuple[str, str, str, int], dict[str, Any]] = {}
     for ref, wanted in queries.items():
-        group = registry.get(*ref)
-        assert group is not None  # parse_request resolved it
+        group = groups[ref]
         query_frame = pl.DataFrame(sorted(wanted), schema={KEY: pl.String(), AS_OF: pl.Int64()}, orient="row")
         contribs = contributions(frame, group).join(query_frame.select(KEY).unique(), on=KEY, how="semi")
         for row in point_features(contribs, query_frame, group).iter_rows(named=True):
@@ -170,7 +170,7 @@ def check_snapshots(lake: DeltaLake, registry: Registry, stored: list[dict[str, 
     for key, items in batches.items():
         basis, pins = json.loads(key)
         try:
-            rebuilt = rebuild_batch(lake, registry, basis, pins, [r for _, r in items])
+            rebuilt = rebuild_batch(lake, basis, pins, [r for _, r in items])
         except FpError as exc:
             for response, _ in items:
                 digest = response["snapshot"]["feature_snapshot_hash"]

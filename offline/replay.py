@@ -9,6 +9,7 @@ from typing import Any
 import polars as pl
 
 from featureplane.lake.archive import (
+    BATCH_ROWS,
     has_typed_columns,
     read_basis,
     scan_basis,
@@ -72,7 +73,7 @@ def transaction_batches(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, 
     """`transaction_scan`, a batch at a time."""
     scan = transaction_scan(lake, basis, pins, columns, keys)
     if scan is not None:
-        yield from scan.collect_batches(chunk_size=262_144, maintain_order=False)
+        yield from scan.collect_batches(chunk_size=BATCH_ROWS, maintain_order=False)
 
 
 def transaction_scan(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, str], columns: list[str],
