@@ -13,6 +13,7 @@ from featureplane.online.distinct_state import lock_groups, write_links
 from featureplane.pipelines.algebra import SUM_CAP, Partial
 from featureplane.pipelines.buckets import (
     BUCKET,
+    BucketSpec,
     bucket_partials,
     bucket_plan,
     describe_plan,
@@ -47,15 +48,27 @@ def register_groups(conn: psycopg.Connection, registry: Registry) -> dict[tuple[
     return ids
 
 
-def bucket_specs(conn: psycopg.Connection) -> dict[int, int]:
-    """group_id -> bucket width (µs) for every group that keeps buckets."""
-    return {int(g): int(w) for g, w in conn.execute("SELECT group_id, width_us FROM ofp_bucket_specs")}
+def bucket_specs(conn: psycopg.Connection) -> dict[int, BucketSpec]:
+    """group_id -> bucket spec for every group that keeps buckets."""
+    return {int(g): BucketSpec(int(w), None if f is None else int(f))
+            for g, w, f in conn.execute("SELECT group_id, width_us, fine_us FROM ofp_bucket_specs")}
+
+
+def write_spec_buckets(conn: psycopg.Connection, group: GroupDef, group_id: int, spec: BucketSpec,
+                       contribs: pl.DataFrame) -> None:
+    """A group's bucket partials of some contributions (with scope_id), merged into every level it keeps."""
+    write_buckets(conn, group, group_id, spec.width_us, bucket_partials(contribs, group, spec.width_us,
+                                                                        by=("scope_id",)))
+    if spec.fine_us is not None:
+        write_buckets(conn, group, group_id, spec.width_us,
+                      bucket_partials(contribs, group, spec.width_us, by=("scope_id",), at_us=spec.fine_us),
+                      table="ofp_fine_buckets")
 
 
 def write_buckets(conn: psycopg.Connection, group: GroupDef, group_id: int, width_us: int,
-                  partials: pl.DataFrame) -> int:
+                  partials: pl.DataFrame, table: str = "ofp_buckets") -> int:
     """Merge (scope_id, key_id, bucket, p0..pn) partials into the stored buckets (add counts and sums,
-    saturating at SUM_CAP as `saturating_add` does; max of maxes)."""
+    saturating at SUM_CAP as `saturating_add` does; max of maxes); the plan is that of `width_us`."""
     if partials.is_empty():
         return 0
     columns = partial_columns(group, width_us)
@@ -68,7 +81,7 @@ def write_buckets(conn: psycopg.Connection, group: GroupDef, group_id: int, widt
         pl.col(BUCKET).cast(pl.String).str.join(","), literal.str.join(";")).row(0)
     merged = _merged(bucket_plan(group, width_us))
     conn.execute(
-        f"""INSERT INTO ofp_buckets AS t (scope_id, group_id, key_id, bucket, p)
+        f"""INSERT INTO {table} AS t (scope_id, group_id, key_id, bucket, p)
            SELECT s, %s, k, b, a::bigint[]
              FROM unnest(string_to_array(%s, ',')::int[], string_to_array(%s, ','),
                          string_to_array(%s, ',')::bigint[], string_to_array(%s, ';')) AS u(s, k, b, a)
@@ -87,42 +100,48 @@ def _merged(plan: tuple[Partial, ...]) -> str:
 
 
 def ensure_bucket_specs(conn: psycopg.Connection, registry: Registry, group_ids: dict[tuple[str, str], int],
-                        wanted: dict[tuple[str, str], int]) -> dict[int, int]:
+                        wanted: dict[tuple[str, str], BucketSpec]) -> dict[int, BucketSpec]:
     """Register bucket specs for the configured groups; a new spec is backfilled from the
     contributions already applied, under a lock that holds writers back until it commits. A group
     registered at another width is refused (`BUCKET_WIDTH_CHANGED`): serving processes hold the
     registered width, so its buckets cannot be rebuilt under them."""
     conn.execute("SELECT pg_advisory_xact_lock(7304, 0)")
     specs = bucket_specs(conn)
-    for ref, width_us in sorted(wanted.items()):
+    for ref, spec in sorted(wanted.items()):
         group = registry.get(*ref)
         if group is None:
             continue
         registered = specs.get(group_ids[ref])
-        if registered is not None and registered != width_us:
+        if registered is not None and registered != spec:
             raise TerminalError(
                 "BUCKET_WIDTH_CHANGED",
-                f"{ref[0]}@{ref[1]} is registered for hot keys at {registered // 1_000_000} s, but the profile's "
-                f"serving.bucketed_groups says {width_us // 1_000_000} s; a registered width cannot change "
+                f"{ref[0]}@{ref[1]} is registered for hot keys at {_seconds(registered)}, but the profile's "
+                f"serving.bucketed_groups says {_seconds(spec)}; a registered width cannot change "
                 "under running servers: put the registered width back in the profile")
         if registered is not None:
             continue
         conn.execute("LOCK TABLE ofp_events IN SHARE MODE")
         gid = group_ids[ref]
-        conn.execute("INSERT INTO ofp_bucket_specs (group_id, width_us, partials) VALUES (%s, %s, %s)",
-                     (gid, width_us, describe_plan((*bucket_plan(group, width_us),
-                                                   *(s.partial for s in distinct_plan(group, width_us))))))
+        width_us = spec.width_us
+        plan = describe_plan((*bucket_plan(group, width_us), *(s.partial for s in distinct_plan(group, width_us))))
+        conn.execute("INSERT INTO ofp_bucket_specs (group_id, width_us, fine_us, partials) VALUES (%s, %s, %s, %s)",
+                     (gid, width_us, spec.fine_us, plan))
         schema = {"scope_id": pl.Int32(), **contribution_schema(group)}
         fields = ", ".join(f'"{c}"' for c in group.fields)
         cur = conn.cursor(binary=True)
         cur.execute(f"""SELECT scope_id, "{group.key_field}", ts_us{", " if fields else ""}{fields}
                           FROM ofp_events WHERE "{group.key_field}" IS NOT NULL""")
         existing = pl.DataFrame(cur.fetchall(), schema=schema, orient="row")
-        write_buckets(conn, group, gid, width_us, bucket_partials(existing, group, width_us, by=("scope_id",)))
+        write_spec_buckets(conn, group, gid, spec, existing)
         lock_groups(conn, [gid])
         write_links(conn, group, gid, width_us, existing)
-        specs[gid] = width_us
+        specs[gid] = spec
     return specs
+
+
+def _seconds(spec: BucketSpec) -> str:
+    fine = "" if spec.fine_us is None else f" with fine buckets of {spec.fine_us // 1_000_000} s"
+    return f"{spec.width_us // 1_000_000} s{fine}"
 
 
 _CLAIM = 'INSERT INTO ofp_event_ids (platform_run_id, event_id, partition, "offset")'
@@ -268,9 +287,10 @@ def enforce_retention(conn: psycopg.Connection, retention_us: int) -> int | None
                 else int(name.removeprefix(f"{table}_w"))
             if (week + 1) * WEEK_US <= horizon and name == partition_name(week, table):
                 conn.execute(f"DROP TABLE {name}")
-    for buckets in ("ofp_buckets", "ofp_distinct_buckets"):
+    for buckets, width in (("ofp_buckets", "width_us"), ("ofp_distinct_buckets", "width_us"),
+                           ("ofp_fine_buckets", "fine_us")):
         conn.execute(f"""DELETE FROM {buckets} b USING ofp_bucket_specs s
-                          WHERE b.group_id = s.group_id AND (b.bucket + 1) * s.width_us <= %s""", (horizon,))
+                          WHERE b.group_id = s.group_id AND (b.bucket + 1) * s.{width} <= %s""", (horizon,))
     conn.execute("""INSERT INTO ofp_retention (horizon_us) VALUES (%s)
                     ON CONFLICT (singleton) DO UPDATE SET horizon_us = EXCLUDED.horizon_us, updated_at = now()""",
                  (horizon,))

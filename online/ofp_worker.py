@@ -26,9 +26,9 @@ from featureplane.online.ofp_state import (
     ensure_bucket_specs,
     migrate_contributions,
     register_groups,
-    write_buckets,
+    write_spec_buckets,
 )
-from featureplane.pipelines.buckets import bucket_partials, distinct_plan
+from featureplane.pipelines.buckets import BucketSpec, distinct_plan
 from featureplane.pipelines.features import TS, contributions
 from featureplane.pipelines.registry import Registry
 from featureplane.runtime.faults import commit_or_crash, crash_point
@@ -64,7 +64,7 @@ def worker_identity() -> str:
 
 class OfpWorker:
     def __init__(self, db: Database, bus: EventBus, registry: Registry, *, batch_size: int = 5000,
-                 owner: str | None = None, bucketed: dict[tuple[str, str], int] | None = None) -> None:
+                 owner: str | None = None, bucketed: dict[tuple[str, str], BucketSpec | int] | None = None) -> None:
         self.db = db
         self.bus = bus
         self.registry = registry
@@ -79,7 +79,9 @@ class OfpWorker:
         with db.transaction() as conn:  # state kept in the v1 layout moves to one row per event
             migrate_contributions(conn, registry, self.writer.group_ids)
         with db.transaction() as conn:
-            ensure_bucket_specs(conn, registry, self.writer.group_ids, bucketed or {})
+            specs = {ref: spec if isinstance(spec, BucketSpec) else BucketSpec(spec)  # a bare width: one level
+                     for ref, spec in (bucketed or {}).items()}
+            ensure_bucket_specs(conn, registry, self.writer.group_ids, specs)
 
     def run_until_idle(self, stats: WorkerStats | None = None) -> WorkerStats:
         """Drain every partition of the traffic stream, then return."""
@@ -138,7 +140,7 @@ class OfpWorker:
             # last few commits in a database crash loses nothing: no need to wait for the WAL flush
             conn.execute("SET LOCAL synchronous_commit = off")
             conn.execute("LOCK TABLE ofp_events IN ROW EXCLUSIVE MODE")
-            widths = bucket_specs(conn)
+            specs = bucket_specs(conn)
             record_failures(conn, CONSUMER, TRAFFIC,
                             [(f.partition, f.offset, f.event_id, f.reason_code, f.detail) for f in failures])
             fresh = self.writer.claim_events(conn, unique)
@@ -150,13 +152,12 @@ class OfpWorker:
                                                 "parameter_hash"], how="left")
                 written = self.writer.write_events(conn, scoped)
                 bucketed = [(g, self.writer.group_ids[g.ref]) for g in self.registry.all()
-                            if self.writer.group_ids[g.ref] in widths]
-                lock_groups(conn, [gid for g, gid in bucketed if distinct_plan(g, widths[gid])])
+                            if self.writer.group_ids[g.ref] in specs]
+                lock_groups(conn, [gid for g, gid in bucketed if distinct_plan(g, specs[gid].width_us)])
                 for group, gid in bucketed:
                     part = contributions(scoped, group, carry=("scope_id",))
-                    write_buckets(conn, group, gid, widths[gid],
-                                  bucket_partials(part, group, widths[gid], by=("scope_id",)))
-                    links += write_links(conn, group, gid, widths[gid], part)
+                    write_spec_buckets(conn, group, gid, specs[gid], part)
+                    links += write_links(conn, group, gid, specs[gid].width_us, part)
             crash_point("ofp_after_state_write")
             last_ts = int(fresh[TS].max()) if not fresh.is_empty() else None
             bump_counters(conn, CONSUMER, TRAFFIC, lease.partition, applied=fresh.height, duplicates=duplicates,

@@ -16,6 +16,7 @@ from featureplane.online.bus.base import EventBus
 from featureplane.online.checkpoints import WATERMARKS_SQL, basis_from_rows
 from featureplane.online.ofp_state import CONSUMER, HORIZON_SQL, OfpStateReader, bucket_specs, register_groups
 from featureplane.online.snapshot_store import stage
+from featureplane.pipelines.buckets import BucketSpec
 from featureplane.pipelines.errors import FpError, Unavailable
 from featureplane.pipelines.positions import basis_json
 from featureplane.pipelines.registry import Registry
@@ -46,7 +47,7 @@ class FeatureServer:
         self.offset_style = bus.offset_style
         self._conn: psycopg.Connection | None = None
         self._reader: OfpStateReader | None = None
-        self._widths: dict[int, int] | None = None
+        self._specs: dict[int, BucketSpec] | None = None
         self._scopes: dict[tuple[tuple[str, str], ...], int] = {}
         self._provenance = {"registry_digest": registry.digest}  # computed once, not per request
 
@@ -96,10 +97,10 @@ class FeatureServer:
         scope_id = self._scope_id(conn, reader, request.context_pins)  # scopes are never deleted
         if scope_id is None:
             raise _NotFound("nothing has been applied for these context pins")
-        if self._widths is None:  # specs are only ever added; a group without one is served raw
-            self._widths = bucket_specs(conn)
+        if self._specs is None:  # specs are only ever added; a group without one is served raw
+            self._specs = bucket_specs(conn)
         queries = [GroupQuery(g, tuple(k for kt, k in request.keys if kt == g.key_type),
-                              self._widths.get(reader.group_ids[g.ref])) for g in request.groups]
+                              self._specs.get(reader.group_ids[g.ref])) for g in request.groups]
         plan = plan_serving(queries, scope_id, reader.group_ids, request.as_of_us)
         # round trip 1: one statement (one snapshot): every group, the basis and the horizon
         cursor = psycopg.RawCursor(conn)

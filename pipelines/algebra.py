@@ -12,7 +12,9 @@ Kinds and their partials:
   count_distinct  [distinct]                      (exact; over buckets by its own rule, below)
   ratio (derived) finalize over two finished features: float(num) / float(den), null when den = 0
 
-Window rule: an event at `ts` is in the window of width `w` as of `T` when `T - w < ts <= T`.
+Window rule: an event at `ts` is in the window of width `w` as of `T` when `T - w < ts <= T`. Over
+buckets of width b a window is its interior buckets and two edges shorter than b (`edge_spans`); with
+a finer level f the edges are fine buckets and raw spans shorter than f (`split_edges`).
 
 count_distinct over buckets. Distinct values do not add up across buckets, but occurrences do once
 each knows its previous occurrence: with `prev(p)` the time of the latest earlier occurrence of p's
@@ -65,6 +67,25 @@ def edge_spans(as_of_us: int, width_us: int, bucket_us: int) -> list[tuple[int, 
     if k_lo > k_hi:
         return [(lo, hi)]
     return [(lo, k_lo * bucket_us - 1), ((k_hi + 1) * bucket_us - 1, hi)]
+
+
+def split_edges(as_of_us: int, width_us: int, bucket_us: int, fine_us: int | None
+                ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The edges of a bucketed window split once more at a finer width: (inclusive fine bucket ranges
+    wholly inside the edges, the raw (lo, hi] spans left over, each shorter than a fine bucket).
+    Without a fine width the edges stay raw. Interior, fine ranges and raw spans are disjoint and
+    cover the window, so every mergeable partial is exact over the three."""
+    edges = edge_spans(as_of_us, width_us, bucket_us)
+    if fine_us is None:
+        return [], edges
+    ranges: list[tuple[int, int]] = []
+    raw: list[tuple[int, int]] = []
+    for lo, hi in edges:
+        j_lo, j_hi = interior_buckets(hi, hi - lo, fine_us)
+        if j_lo <= j_hi:
+            ranges.append((j_lo, j_hi))
+        raw += edge_spans(hi, hi - lo, fine_us)
+    return ranges, raw
 
 
 def distinct_reach(window_us: int, bucket_us: int) -> int:

@@ -9,6 +9,11 @@ over that split exactly (integer sums, max of maxes, mean = total sum / total co
 result equals `point_features` bit for bit. count_distinct decomposes by the rule in
 `pipelines.algebra` over links to previous occurrences (`relink` keeps them). Windows shorter than
 two buckets are computed from raw events.
+
+A group may also keep a finer level (`BucketSpec.fine_us`): the same partials per fine bucket, so the
+edges are read as fine buckets plus raw events within less than two fine buckets
+(`algebra.split_edges`). A hot key's request then reads about window/width + 2 * width/fine bucket
+rows and its rate x 2 * fine raw rows, instead of its rate x 2 * width.
 """
 
 from __future__ import annotations
@@ -22,15 +27,29 @@ import polars as pl
 from featureplane.pipelines.algebra import (
     Partial,
     distinct_reach,
-    edge_spans,
     link_distance,
     partials_of,
+    split_edges,
     window_bounds,
 )
 from featureplane.pipelines.features import KEY, TS, condition_expr, partial_expr
 from featureplane.pipelines.registry import FeatureDef, GroupDef
 
 BUCKET = "bucket"
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    """How a group's hot keys are pre-aggregated: bucket width, and an optional finer level for the
+    window edges (a divisor of the width)."""
+
+    width_us: int
+    fine_us: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.width_us <= 0 or (self.fine_us is not None
+                                  and not (0 < self.fine_us < self.width_us and self.width_us % self.fine_us == 0)):
+            raise ValueError(f"a bucket width > 0 and a fine width dividing it, below it: {self}")
 
 
 def uses_buckets(feature: FeatureDef, width_us: int) -> bool:
@@ -160,13 +179,14 @@ def describe_plan(plan: tuple[Partial, ...]) -> str:
 
 
 def bucket_partials(contribs: pl.DataFrame, group: GroupDef, width_us: int,
-                    by: tuple[str, ...] = ()) -> pl.DataFrame:
-    """Partials per (*by, key_id, bucket) of a set of contributions: columns *by, key_id, bucket, p0..pn."""
+                    by: tuple[str, ...] = (), at_us: int | None = None) -> pl.DataFrame:
+    """Partials per (*by, key_id, bucket) of a set of contributions: columns *by, key_id, bucket, p0..pn.
+    The plan is that of `width_us`; the buckets are `at_us` wide (the fine level), `width_us` by default."""
     plan = bucket_plan(group, width_us)
     every = pl.col(TS).is_not_null()
     return (
         contribs.lazy()
-        .with_columns((pl.col(TS) // width_us).alias(BUCKET))
+        .with_columns((pl.col(TS) // (at_us or width_us)).alias(BUCKET))
         .group_by(*by, KEY, BUCKET)
         .agg([partial_expr(p, every).cast(pl.Int64).alias(f"p{i}") for i, p in enumerate(plan)])
         .sort(*by, KEY, BUCKET)
@@ -174,16 +194,36 @@ def bucket_partials(contribs: pl.DataFrame, group: GroupDef, width_us: int,
     )
 
 
-def raw_intervals(group: GroupDef, as_of_us: int, width_us: int) -> list[tuple[int, int]]:
-    """(lo, hi] ranges of event time whose raw rows the bucketed evaluation needs at `as_of_us`: the
-    two edges (`algebra.edge_spans`) of every bucketed window and the whole of every raw window,
-    merged where they touch."""
-    needs = [(f.window_us, uses_buckets(f, width_us)) for f in group.features
-             if f.agg != "count_distinct" or not uses_buckets(f, width_us)]  # those read their links
-    needs.append((group.lookback_us, group.lookback_us >= 2 * width_us))
+def raw_intervals(group: GroupDef, as_of_us: int, spec: BucketSpec) -> list[tuple[int, int]]:
+    """(lo, hi] ranges of event time whose raw rows the bucketed evaluation needs at `as_of_us`: what
+    the edges of every bucketed window leave raw (`algebra.split_edges`) and the whole of every raw
+    window, merged where they touch."""
     spans: list[tuple[int, int]] = []
-    for width, bucketed in needs:
-        spans += edge_spans(as_of_us, width, width_us) if bucketed else [window_bounds(as_of_us, width)]
+    for window, bucketed in _event_windows(group, spec.width_us):
+        spans += split_edges(as_of_us, window, spec.width_us, spec.fine_us)[1] if bucketed \
+            else [window_bounds(as_of_us, window)]
+    return merge_spans(spans)
+
+
+def fine_ranges(group: GroupDef, as_of_us: int, spec: BucketSpec) -> list[tuple[int, int]]:
+    """Inclusive fine bucket ranges the bucketed windows' edges read at `as_of_us`, merged."""
+    ranges: list[tuple[int, int]] = []
+    for window, bucketed in _event_windows(group, spec.width_us):
+        if bucketed:
+            ranges += split_edges(as_of_us, window, spec.width_us, spec.fine_us)[0]
+    return [(lo + 1, hi) for lo, hi in merge_spans([(lo - 1, hi) for lo, hi in ranges])]
+
+
+def _event_windows(group: GroupDef, width_us: int) -> list[tuple[int, bool]]:
+    """(window, over buckets?) of every window read from events and bucket partials: each feature's but
+    the bucketed count_distincts' (those read their links), and the lookback (the last update time)."""
+    windows = [(f.window_us, uses_buckets(f, width_us)) for f in group.features
+               if f.agg != "count_distinct" or not uses_buckets(f, width_us)]
+    return [*windows, (group.lookback_us, group.lookback_us >= 2 * width_us)]
+
+
+def merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(lo, hi] spans, sorted, with those that overlap or touch made one."""
     merged: list[tuple[int, int]] = []
     for lo, hi in sorted(spans):
         if merged and lo <= merged[-1][1]:
@@ -193,5 +233,6 @@ def raw_intervals(group: GroupDef, as_of_us: int, width_us: int) -> list[tuple[i
     return merged
 
 
-__all__ = ["BUCKET", "DistinctSlot", "Partial", "Relinked", "bucket_partials", "bucket_plan", "distinct_plan",
-           "occurrences", "partial_columns", "raw_intervals", "relink", "uses_buckets"]
+__all__ = ["BUCKET", "BucketSpec", "DistinctSlot", "Partial", "Relinked", "bucket_partials", "bucket_plan",
+           "distinct_plan", "fine_ranges", "merge_spans", "occurrences", "partial_columns", "raw_intervals", "relink",
+           "uses_buckets"]

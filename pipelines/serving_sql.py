@@ -4,8 +4,9 @@
 Pure: builds text and parameters, reads rows handed to it; the online plane executes. Each group
 contributes one SELECT returning `(group_index, key_id, partials bigint[])`, the partials in
 `partials_of` order per feature and the last update time at the end. Hot-key groups (with stored
-bucket partials) read raw rows only at the window edges and merge the interior buckets in SQL with
-the same merge rule (`Partial.merge`): add and cap for sums, add for counts, max for maxes.
+bucket partials) read raw rows only at the window edges (with a fine level: fine buckets there, and raw
+rows only within them) and merge the buckets in SQL with the same merge rule (`Partial.merge`): add
+and cap for sums, add for counts, max for maxes.
 """
 
 from __future__ import annotations
@@ -25,9 +26,18 @@ from featureplane.pipelines.algebra import (
     finalize_derived,
     interior_buckets,
     partials_of,
+    split_edges,
     window_bounds,
 )
-from featureplane.pipelines.buckets import LAST_TS, bucket_plan, distinct_slot, raw_intervals, uses_buckets
+from featureplane.pipelines.buckets import (
+    LAST_TS,
+    BucketSpec,
+    bucket_plan,
+    distinct_slot,
+    fine_ranges,
+    raw_intervals,
+    uses_buckets,
+)
 from featureplane.pipelines.registry import FeatureDef, GroupDef
 
 RAW = "c"  # alias of the contributions relation in generated SQL
@@ -37,7 +47,7 @@ RAW = "c"  # alias of the contributions relation in generated SQL
 class GroupQuery:
     group: GroupDef
     key_ids: tuple[str, ...]
-    bucket_us: int | None  # None: raw rows only
+    spec: BucketSpec | None  # None: raw rows only
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,7 @@ def _raw_partial_sql(partial: Partial, condition: str, params: list[Any]) -> str
 
 
 def _merge_sql(partial: Partial, raw: str, stored: str) -> str:
-    """`Partial.merge` in SQL (the stored side is null when no interior bucket exists)."""
+    """`Partial.merge` in SQL (the stored side is null when no bucket of it exists)."""
     if partial.kind == "max":
         return f"GREATEST({raw}, {stored})"
     if partial.kind == "sum":
@@ -108,14 +118,17 @@ def _raw_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: int, 
 
 def _bucketed_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: int, as_of: int,
                         params: list[Any]) -> str:
-    group, width = query.group, query.bucket_us
-    assert width is not None
+    group, spec = query.group, query.spec
+    assert spec is not None
+    width = spec.width_us
     plan = bucket_plan(group, width)
     raw_columns: list[str] = []
     stored_columns: list[str] = []
+    fine_columns: list[str] = []
     merged: list[str] = []
     raw_params: list[Any] = []  # in the order their placeholders stand in the text
     stored_params: list[Any] = []
+    fine_params: list[Any] = []
     n = 0
 
     def add(partial: Partial, feature_window: int, bucketed: bool) -> None:
@@ -127,7 +140,12 @@ def _bucketed_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: 
             merged.append(f"r.r{n}")
             n += 1
             return
-        spans = edge_spans(as_of, feature_window, width) if bucketed else [window_bounds(as_of, feature_window)]
+        fine: list[tuple[int, int]] = []
+        spans = [window_bounds(as_of, feature_window)]
+        if bucketed:  # fixed counts of spans and ranges (empty ones added): one statement text per shape
+            fine, spans = split_edges(as_of, feature_window, width, spec.fine_us)
+            if spec.fine_us is not None:
+                fine, spans = _padded([(lo - 1, hi) for lo, hi in fine], 2), _padded(spans, 4)
         condition = _span_sql(spans, raw_params)
         raw_columns.append(_raw_partial_sql(partial, condition, raw_params) + f" AS r{n}")
         if bucketed:
@@ -136,7 +154,12 @@ def _bucketed_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: 
             agg = "max" if partial.kind == "max" else "sum"
             stored_columns.append(f"{agg}(b.p[{slot}]) FILTER (WHERE b.bucket BETWEEN %s::bigint AND %s::bigint) "
                                   f"AS s{n}")
-            merged.append(_merge_sql(partial, f"r.r{n}", f"s.s{n}"))
+            value = _merge_sql(partial, f"r.r{n}", f"s.s{n}")
+            if spec.fine_us is not None:
+                fine_columns.append(f"{agg}(f.p[{slot}]) FILTER (WHERE {_span_sql(fine, fine_params, 'f.bucket')}) "
+                                    f"AS f{n}")
+                value = _merge_sql(partial, value, f"fb.f{n}")
+            merged.append(value)
         else:
             merged.append(f"r.r{n}")
         n += 1
@@ -146,7 +169,7 @@ def _bucketed_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: 
             add(partial, feature.window_us, uses_buckets(feature, width))
     add(LAST_TS, group.lookback_us, group.lookback_us >= 2 * width)
     first, last = _bucket_range(group, as_of, width)
-    spans = raw_intervals(group, as_of, width)
+    spans = raw_intervals(group, as_of, spec)
     los, his = [lo for lo, _ in spans], [hi for _, hi in spans]
     params += [*raw_params, list(query.key_ids), los, his, scope_id, min(los), max(his)]
     # one index range scan per (key, span): OFFSET 0 keeps the planner from flattening the LATERAL
@@ -166,6 +189,17 @@ def _bucketed_group_sql(index: int, query: GroupQuery, scope_id: int, group_id: 
         source = f"({raw}) r LEFT JOIN ({stored}) s ON s.key_id = r.key"
     else:
         source = f"({raw}) r"
+    if fine_columns:
+        assert spec.fine_us is not None
+        ranges = fine_ranges(group, as_of, spec)
+        params += [*fine_params, list(query.key_ids), [lo for lo, _ in ranges], [hi for _, hi in ranges],
+                   scope_id, group_id]
+        # one index range scan per (key, fine range), as for the raw edges
+        source += (f" LEFT JOIN (SELECT k.key AS key_id, {', '.join(fine_columns)} FROM unnest(%s::text[]) AS k(key) "
+                   f"CROSS JOIN LATERAL (SELECT x.* FROM unnest(%s::bigint[], %s::bigint[]) AS s(lo, hi) "
+                   f"CROSS JOIN LATERAL (SELECT * FROM ofp_fine_buckets x WHERE x.scope_id = %s AND x.group_id = %s "
+                   f"AND x.key_id = k.key AND x.bucket BETWEEN s.lo AND s.hi OFFSET 0) x) f GROUP BY k.key) fb "
+                   f"ON fb.key_id = r.key")
     return f"SELECT {index} AS g, r.key AS key_id, ARRAY[{', '.join(merged)}]::bigint[] AS p FROM {source}"
 
 
@@ -195,6 +229,11 @@ def _distinct_sql(as_of: int, window: int, width: int, slot_key: tuple[int, int,
     return f"({' + '.join([interior, straddling, *firsts])})"
 
 
+def _padded(spans: list[tuple[int, int]], count: int) -> list[tuple[int, int]]:
+    """`spans` and empty (0, 0] ones up to `count`."""
+    return spans + [(0, 0)] * (count - len(spans))
+
+
 def _bucket_range(group: GroupDef, as_of: int, width: int) -> tuple[int, int]:
     longest = max(group.lookback_us, *(f.window_us for f in group.features))
     return interior_buckets(as_of, longest, width)
@@ -207,7 +246,7 @@ def plan_serving(queries: Sequence[GroupQuery], scope_id: int, group_ids: dict[t
     parts = []
     for index, query in enumerate(queries):
         gid = group_ids[query.group.ref]
-        build = _raw_group_sql if query.bucket_us is None else _bucketed_group_sql
+        build = _raw_group_sql if query.spec is None else _bucketed_group_sql
         parts.append(build(index, query, scope_id, gid, as_of, params))
     return ServingPlan(" UNION ALL ".join(parts), params, tuple(queries))
 

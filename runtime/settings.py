@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 
 from featureplane.config import CONFIG_DIR
+from featureplane.pipelines.buckets import BucketSpec
 from featureplane.pipelines.errors import ConfigError
 from featureplane.runtime.secrets import Secret
 
@@ -122,7 +123,7 @@ class Settings:
     bus: EmbeddedBus | KinesisBus
     batch_size: int = 5000
     health: HealthThresholds = field(default_factory=HealthThresholds)
-    bucketed_groups: dict[tuple[str, str], int] = field(default_factory=dict)  # (name, version) -> width µs
+    bucketed_groups: dict[tuple[str, str], BucketSpec] = field(default_factory=dict)  # (name, version) -> spec
     retention_us: int | None = None  # online state older than this (behind the applied watermark) is dropped
 
 
@@ -212,14 +213,30 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
 
     health = HealthThresholds(**(raw.get("health") or {}))
     batch_size = int((raw.get("worker") or {}).get("batch_size", 5000))
-    bucketed: dict[tuple[str, str], int] = {}
-    for ref, seconds in ((raw.get("serving") or {}).get("bucketed_groups") or {}).items():
+    bucketed: dict[tuple[str, str], BucketSpec] = {}
+    for ref, value in ((raw.get("serving") or {}).get("bucketed_groups") or {}).items():
         name, _, version = str(ref).partition("@")
-        if not version or not isinstance(seconds, int) or seconds <= 0:
-            raise ConfigError("CONFIG_INVALID", f"serving.bucketed_groups takes name@version: seconds in {where}")
-        bucketed[(name, version)] = seconds * 1_000_000
+        spec = _bucket_spec(value)
+        if not version or spec is None:
+            raise ConfigError("CONFIG_INVALID", "serving.bucketed_groups takes name@version: seconds, or name@version: "
+                                                f"{{width: seconds, fine: seconds dividing it}} in {where}")
+        bucketed[(name, version)] = spec
     days = (raw.get("worker") or {}).get("retention_days")
     if days is not None and (not isinstance(days, int) or days < 7):
         raise ConfigError("CONFIG_INVALID", f"worker.retention_days must be a whole number of days >= 7 in {where}")
     return Settings(profile, home, postgres, object_store, bus, batch_size, health, bucketed,
                     None if days is None else days * 86_400_000_000)
+
+
+def _bucket_spec(value: object) -> BucketSpec | None:
+    """A profile's bucket spec: a width in seconds, or {width: s, fine: s}; None when malformed."""
+    width, fine = (value.get("width"), value.get("fine")) if isinstance(value, dict) else (value, None)
+    if not isinstance(width, int) or isinstance(width, bool) or (
+            fine is not None and (not isinstance(fine, int) or isinstance(fine, bool))):
+        return None
+    if isinstance(value, dict) and set(value) - {"width", "fine"}:
+        return None
+    try:
+        return BucketSpec(width * 1_000_000, None if fine is None else fine * 1_000_000)
+    except ValueError:
+        return None

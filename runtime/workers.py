@@ -174,7 +174,8 @@ def _one_pass(app: Any, ofp: OfpWorker, context: ContextWorker, archive: Archive
 # the pass ends when it does
 SERVED_STATISTICS = (
     "ofp_events (scope_id, account_id, card_id, customer_id, merchant_id, device_id, ts_us)",
-    "ofp_buckets", "ofp_distinct_buckets", "ofp_links", "join_frames", "flow_bindings", "context_anomalies")
+    "ofp_buckets", "ofp_fine_buckets", "ofp_distinct_buckets", "ofp_links", "join_frames", "flow_bindings",
+    "context_anomalies")
 ANALYZE_AFTER_ROWS = 20_000
 ANALYZE_EVERY_SECONDS = 60.0
 _analyzed = {"applied": 0, "at": -ANALYZE_EVERY_SECONDS}

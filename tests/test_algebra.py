@@ -15,6 +15,7 @@ from featureplane.pipelines.algebra import (
     interior_buckets,
     matches,
     partials_of,
+    split_edges,
 )
 from tests import reference
 
@@ -83,3 +84,20 @@ def test_interior_buckets_and_edges_partition_the_window(as_of, hours, width):
     assert covered == window  # the interior and the two edges cover (T - w, T] exactly, without overlap
     assert spans[0][0] == as_of - window and spans[0][1] == k_lo * bucket - 1
     assert spans[1][0] == (k_hi + 1) * bucket - 1 and spans[1][1] == as_of
+
+
+@given(as_of=st.integers(-300, 300), window=st.integers(0, 200), width=st.sampled_from([4, 6, 12]),
+       fine=st.sampled_from([None, 1, 2, 3]))
+def test_a_window_is_its_interior_its_fine_ranges_and_its_raw_spans_each_instant_once(as_of, window, width, fine):
+    """Brute force over every instant (µs as units): each one of (T - w, T] lies in exactly one piece,
+    and nothing outside it lies in any."""
+    if window < 2 * width:
+        return
+    k_lo, k_hi = interior_buckets(as_of, window, width)
+    ranges, raw = split_edges(as_of, window, width, fine)
+    for t in range(as_of - window - 30, as_of + 30):
+        pieces = (int(k_lo <= t // width <= k_hi)
+                  + sum(fine is not None and j_lo <= t // fine <= j_hi for j_lo, j_hi in ranges)
+                  + sum(lo < t <= hi for lo, hi in raw))
+        assert pieces == int(in_window(t, as_of, window)), t
+    assert all(hi - lo < 2 * (fine or width) for lo, hi in raw)  # raw rows: less than two fine buckets each

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from featureplane.config import default_registry
 from featureplane.online.admission import Publisher
 from featureplane.online.ofp_worker import OfpWorker
+from featureplane.pipelines.buckets import BucketSpec
 from featureplane.pipelines.features import TS
 from featureplane.schemas.streams import TRAFFIC
 from tests import reference
@@ -39,23 +40,27 @@ def _frame(rng: random.Random, n: int) -> pl.DataFrame:
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), width_hours=st.sampled_from([1, 2, 5]), n=st.integers(0, 250),
-       batch=st.integers(7, 300), dups=st.sampled_from([0.0, 0.2]))
+       batch=st.integers(7, 300), dups=st.sampled_from([0.0, 0.2]), fine_parts=st.sampled_from([None, 2, 4]))
 def test_generated_sql_equals_the_plain_python_reference(pg_server, tmp_path_factory, seed, width_hours, n, batch,
-                                                         dups):
-    """Serving's generated SQL, raw and bucketed alike (every group bucketed at `width_hours`), against
-    tests/reference: random events in disorder, producer-retry duplicates, as-of times on and beside
-    bucket edges, empty windows, and amounts large enough that sums leave 2^53 - 1."""
+                                                         dups, fine_parts):
+    """Serving's generated SQL, raw and bucketed alike (every group bucketed at `width_hours`, with or
+    without a fine level of 1/`fine_parts` of it), against tests/reference: random events in disorder,
+    producer-retry duplicates, as-of times on and beside bucket and fine bucket edges, empty windows,
+    and amounts large enough that sums leave 2^53 - 1."""
     from featureplane.runtime.app import App
     from featureplane.runtime.settings import load_settings
     from tests.conftest import fresh_database
 
     rng = random.Random(seed)
     width = width_hours * H
+    spec = BucketSpec(width, None if fine_parts is None else width // fine_parts)
+    edges = [width, spec.fine_us or width]
     events = []
     for i in range(n):
         ts = T0 + rng.randrange(0, 9 * 24 * H)
         if rng.random() < 0.2:
-            ts = ts // width * width + rng.choice([-1, 0, 1])  # on and next to bucket edges
+            edge = rng.choice(edges)
+            ts = ts // edge * edge + rng.choice([-1, 0, 1])  # on and next to bucket edges
         events.append(txn(i, ts, account=f"a{rng.randrange(2)}", card=f"c{rng.randrange(3)}",
                           customer=f"u{rng.randrange(2)}", merchant=f"m{rng.randrange(2)}",
                           device=None if rng.random() < 0.2 else f"d{rng.randrange(2)}",
@@ -68,13 +73,14 @@ def test_generated_sql_equals_the_plain_python_reference(pg_server, tmp_path_fac
     app.init()
     Publisher(app.db, app.bus).publish(TRAFFIC, lines(events), "p", inject_bus_duplicates=dups)
     OfpWorker(app.db, app.bus, app.registry, batch_size=batch,
-              bucketed={g.ref: width for g in REGISTRY.all()}).run_until_idle()
+              bucketed={g.ref: spec for g in REGISTRY.all()}).run_until_idle()
     flat = [reference.flatten(e) for e in events]
     checked = 0
     for _ in range(3):
         as_of = T0 + rng.randrange(0, 10 * 24 * H)
         if rng.random() < 0.5:
-            as_of = as_of // width * width + rng.choice([-1, 0, 1])
+            edge = rng.choice(edges)
+            as_of = as_of // edge * edge + rng.choice([-1, 0, 1])
         keys = [("account", f"a{rng.randrange(2)}"), ("card", f"c{rng.randrange(3)}"),
                 ("customer", f"u{rng.randrange(2)}"), ("merchant", f"m{rng.randrange(2)}"),
                 ("device", f"d{rng.randrange(2)}")]
@@ -110,7 +116,10 @@ def _served_form(expected: dict) -> tuple[dict, bool]:
     return out, out != expected
 
 
-def test_hot_merchant_served_exactly_without_reading_its_window(app, monkeypatch):
+@pytest.mark.parametrize(("spec", "most_rows"), [(BucketSpec(3600 * S), 600), (BucketSpec(3600 * S, 300 * S), 60)])
+def test_hot_merchant_served_exactly_without_reading_its_window(app, spec, most_rows):
+    """Of up to 6000 events in the 7-day window a request reads those of the raw 1 h window (about 36)
+    and the edges: up to an hour's worth each, or five minutes' with the fine level."""
     rng = random.Random(4)
     events = [txn(i, T0 + rng.randrange(0, 7 * 24 * 3600) * S, account=f"a{i % 50}", card=f"c{i % 70}",
                   merchant="hot", amount=rng.randrange(1, 500)) for i in range(6000)]
@@ -119,7 +128,7 @@ def test_hot_merchant_served_exactly_without_reading_its_window(app, monkeypatch
     OfpWorker(app.db, app.bus, app.registry).run_until_idle()  # no buckets yet
     publisher.publish(TRAFFIC, lines(events[3000:]), "t")
     OfpWorker(app.db, app.bus, app.registry, batch_size=700,  # registers the spec with a backfill
-              bucketed={("merchant_activity", "1.0"): 3600 * S}).run_until_idle()
+              bucketed={("merchant_activity", "1.0"): spec}).run_until_idle()
     flat = [reference.flatten(e) for e in events]
     read_rows: list[int] = []
     for as_of in (T0 + 7 * 24 * 3600 * S, T0 + 5 * 24 * 3600 * S + 1, T0 + 36 * 3600 * S - 1):
@@ -127,7 +136,7 @@ def test_hot_merchant_served_exactly_without_reading_its_window(app, monkeypatch
         expected, _ = reference.features(flat, "merchant_activity@1.0", "e_merchant_hot", as_of)
         assert response["snapshot"]["by_key"][0]["by_group"][0]["features"] == expected
         read_rows.append(_rows_read(app, "merchant_activity", "e_merchant_hot", as_of, "ofp_events"))
-    assert read_rows and 0 < max(read_rows) < 600  # of up to 6000 in the 7-day window
+    assert read_rows and 0 < max(read_rows) < most_rows
 
 
 def _explained(app, group_name: str, key_id: str, as_of: int) -> dict:
@@ -272,6 +281,9 @@ def test_a_registered_width_cannot_change_under_servers(app):
     assert refused.value.reason_code == "BUCKET_WIDTH_CHANGED"
     assert "1800 s" in refused.value.message and "900 s" in refused.value.message
     OfpWorker(app.db, app.bus, app.registry, bucketed={ref: 1800 * S})
+    with pytest.raises(TerminalError) as refused:  # a fine level is part of the registration too
+        OfpWorker(app.db, app.bus, app.registry, bucketed={ref: BucketSpec(1800 * S, 300 * S)})
+    assert refused.value.reason_code == "BUCKET_WIDTH_CHANGED" and "fine buckets of 300 s" in refused.value.message
 
 
 @pytest.mark.parametrize("threshold", [1000, 10**9])
@@ -293,3 +305,15 @@ def test_a_drain_that_wrote_many_links_vacuums_them_at_once(app, monkeypatch, th
         vacuumed = [row[0] is not None for row in conn.execute(
             "SELECT last_vacuum FROM pg_stat_user_tables WHERE relname LIKE 'ofp\\_links\\_%' AND n_live_tup > 0")]
     assert vacuumed and all(vacuumed) == (threshold <= stats.links)
+
+
+def test_a_profile_names_a_width_or_a_width_with_a_fine_level():
+    """serving.bucketed_groups values: seconds, or {width, fine} with fine a divisor below the width."""
+    from featureplane.runtime.settings import _bucket_spec
+
+    assert _bucket_spec(600) == BucketSpec(600 * S)
+    assert _bucket_spec({"width": 600}) == BucketSpec(600 * S)
+    assert _bucket_spec({"width": 600, "fine": 60}) == BucketSpec(600 * S, 60 * S)
+    for bad in (0, -5, True, "600", 1.5, {"width": 600, "fine": 70}, {"width": 600, "fine": 600},
+                {"width": 600, "fine": 0}, {"width": 600, "fine": True}, {"width": 600, "fin": 60}, {"fine": 60}):
+        assert _bucket_spec(bad) is None, bad
