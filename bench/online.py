@@ -1,13 +1,15 @@
 """Online plane benchmark (issue: online plane v2). Prints JSON, every figure from the same run.
 
 - apply: events/s of `fp worker` (a real process, full catalogue) at --small and --large
-  transactions, their ratio (flatness), the worker's peak RSS, and the ratio to a bare COPY of the
-  same events as one typed row each into a table with one (scope, key, ts) index per key type.
+  transactions (the large one the median of ROUNDS rounds), their ratio (flatness), the worker's peak
+  RSS, and the ratio to a bare COPY of the same events as one typed row each into a table with one
+  (scope, key, ts) index per key type (the median of ROUNDS rounds).
 - serve: get_features p50/p99 and requests/s for the 4-key x 4-group mix at 1, 2 and 4 clients
   (processes, each with its own connection), on the large store, after a warm-up pass (Feast's peer
-  also reads a warm store); each level serves requests of its own, none served before.
+  also reads a warm store) and once autovacuum is idle; each level serves requests of its own, none
+  served before, in ROUNDS rounds, and each figure is the median of its rounds.
 - hot keys: p99 of one merchant, one device and one card with --hot events inside 7 days, their groups
-  registered for hot keys (HOT_GROUPS), in a store of their own.
+  registered for hot keys (HOT_GROUPS), in a store of their own; medians of ROUNDS rounds, as above.
 - --peer feast: runs ../shared/peers/feast_online.py (its own venv) and prints the ratios.
 
     python bench/online.py [--small 100000] [--large 1000000] [--hot 500000] [--peer feast]
@@ -21,6 +23,7 @@ import multiprocessing
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -31,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import bench_app, emit, percentiles, timed
 
 REPO = Path(__file__).resolve().parent.parent
+ROUNDS = 3  # the large apply, the COPY baseline and every serving figure: the median of this many rounds
 
 
 def publish_simulated(app, transactions: int, seed: int):
@@ -70,6 +74,37 @@ def apply_with_worker(app) -> dict:
             "note": "includes the context, archive and audit consumers of the same worker process"}
 
 
+def apply_rounds(app) -> dict:
+    """`apply_with_worker` on ROUNDS identical copies of the published store (the home restored from a
+    copy taken before the first round, the server stopped around it): each figure the median of the
+    rounds. The store of the last round stays for what follows."""
+    from featureplane.runtime.embedded_pg import EmbeddedServer
+
+    home = Path(app.settings.home)
+    server = EmbeddedServer(home / "pg", app.settings.postgres.settings)
+    pristine = home.parent / f"{home.name}-published"
+
+    def copy(source: Path, target: Path) -> None:
+        server.stop()
+        subprocess.run(["rm", "-rf", str(target)], check=True)
+        subprocess.run(["cp", "-a", str(source), str(target)], check=True)  # keeps the server's file owner
+        server.ensure_running()
+
+    copy(home, pristine)
+    rounds = []
+    for i in range(ROUNDS):
+        if i:
+            copy(pristine, home)
+        rounds.append(apply_with_worker(app))
+    subprocess.run(["rm", "-rf", str(pristine)], check=True)
+    figures = {k: statistics.median(r[k] for r in rounds) for k in ("events", "seconds", "events_per_s",
+                                                                      "worker_peak_rss_mb")}
+    figures["worker_peak_rss_mb"] = max(r["worker_peak_rss_mb"] for r in rounds)
+    return {**figures, "rounds": [{k: r[k] for k in ("seconds", "events_per_s")} for r in rounds],
+            "note": f"median of {ROUNDS} rounds on copies of one published store (peak RSS: the largest); "
+                    "includes the context, archive and audit consumers of the same worker process"}
+
+
 def copy_baseline(app) -> dict:
     with app.db.transaction() as conn:
         conn.execute("CREATE TABLE copy_baseline (LIKE ofp_events INCLUDING ALL)")
@@ -84,10 +119,17 @@ def copy_baseline(app) -> dict:
             for row in rows:
                 cp.write_row(row)
 
-    elapsed, _ = timed(copy_all)
+    took = []
+    for _ in range(ROUNDS):
+        elapsed, _ = timed(copy_all)
+        took.append(elapsed)
+        with app.db.transaction() as conn:
+            conn.execute("TRUNCATE copy_baseline")
     with app.db.transaction() as conn:
         conn.execute("DROP TABLE copy_baseline")
-    return {"events": len(rows), "seconds": round(elapsed, 2), "events_per_s": round(len(rows) / elapsed)}
+    elapsed = statistics.median(took)
+    return {"events": len(rows), "seconds": round(elapsed, 2), "events_per_s": round(len(rows) / elapsed),
+            "rounds_s": [round(t, 2) for t in took], "note": f"median of {ROUNDS} rounds"}
 
 
 def _serve_client(dsn: str, home: str, requests: list[dict], out: multiprocessing.Queue) -> None:
@@ -126,6 +168,13 @@ def serve_level(app, mix: list[dict], clients: int) -> dict:
     # last), not process start-up and imports; Feast's peer reports 1000 / mean latency for one client
     elapsed = max(e for _, _, e in results) - min(b for _, b, _ in results)
     return {**percentiles(samples), "requests": len(samples), "requests_per_s": round(len(samples) / elapsed)}
+
+
+def median_of(rounds: list[dict]) -> dict:
+    """The median of each figure over rounds, and every round's p50 / p99 / req/s."""
+    figures = {k: round(statistics.median(r[k] for r in rounds), 3) for k in rounds[0]}
+    figures["rounds"] = [{k: r[k] for k in ("p50_ms", "p99_ms", "requests_per_s") if k in r} for r in rounds]
+    return figures
 
 
 def wait_for_autovacuum(app, limit_s: float = 600.0) -> float:
@@ -191,25 +240,32 @@ def hot_keys(app, count: int) -> dict:
     end = start + 7 * 86_400_000_000
 
     def measure() -> dict:
+        with app.db.connect(autocommit=True) as conn:  # the gigabytes just written flushed, not during the rounds
+            conn.execute("CHECKPOINT")
         figures = {}
         for kind, (group, key_id) in kinds.items():
-            samples = []
-            for _ in range(300):
-                as_of = end - rng.randrange(0, 3_600_000_000)
-                request = {"kind": "get_features_request", "contract_version": "ofp_public_contracts_v0",
-                           "context_pins": pins, "as_of_time_utc": format_ts(as_of),
-                           "feature_keys": [{"key_type": kind, "key_id": key_id}],
-                           "feature_groups": [{"group_name": group, "group_version": "1.0"}]}
-                elapsed, response = timed(lambda r=request: server.get_features(r))
-                assert response["kind"] == "get_features_response", response
-                samples.append(elapsed)
-            figures[kind] = {**percentiles(samples[50:]), "group": group, "events_in_7d": count}
+            rounds = []
+            for _ in range(ROUNDS):
+                samples = []
+                for _ in range(300):
+                    as_of = end - rng.randrange(0, 3_600_000_000)
+                    request = {"kind": "get_features_request", "contract_version": "ofp_public_contracts_v0",
+                               "context_pins": pins, "as_of_time_utc": format_ts(as_of),
+                               "feature_keys": [{"key_type": kind, "key_id": key_id}],
+                               "feature_groups": [{"group_name": group, "group_version": "1.0"}]}
+                    elapsed, response = timed(lambda r=request: server.get_features(r))
+                    assert response["kind"] == "get_features_response", response
+                    samples.append(elapsed)
+                rounds.append(percentiles(samples[50:]))
+            figures[kind] = {**median_of(rounds), "group": group, "events_in_7d": count}
         return figures
 
     out["just_applied"] = measure()
     with app.db.connect(autocommit=True) as conn:  # what autovacuum gives a store that has settled
         conn.execute("VACUUM (ANALYZE)")
-    out["settled"] = {**measure(), "note": "after VACUUM (ANALYZE); 300 requests each, the first 50 not counted"}
+    out["settled"] = {**measure(), "note": "after VACUUM (ANALYZE)"}
+    out["note"] = (f"after a CHECKPOINT, {ROUNDS} rounds of 300 requests per key (the first 50 of each not counted); "
+                   "each figure the median of its rounds")
     server.close()
     return out
 
@@ -242,7 +298,7 @@ def main() -> None:
         figures["apply_small"] = apply_with_worker(app)
     with bench_app("online-large") as app:
         plan = publish_simulated(app, args.large, seed=17)
-        figures["apply_large"] = apply_with_worker(app)
+        figures["apply_large"] = apply_rounds(app)
         figures["apply_flatness_large_vs_small"] = round(
             figures["apply_large"]["events_per_s"] / figures["apply_small"]["events_per_s"], 3)
         figures["raw_copy"] = copy_baseline(app)
@@ -254,12 +310,15 @@ def main() -> None:
             # serving is measured on a settled store, as Feast's peer is: the gigabytes the apply and the
             # COPY baseline just wrote are flushed first, not during the serving levels
             conn.execute("CHECKPOINT")
-        mix = request_mix(plan, 4 * n, seed=3)
+        levels = (1, 2, 4)
+        mix = request_mix(plan, (1 + ROUNDS * len(levels)) * n, seed=3)
         serve_level(app, mix[:n], 2)  # warm-up: the store's pages in memory
-        # each level its own requests (no snapshot served twice: every one a new durable outbox row)
-        figures["serve"] = {str(c): serve_level(app, mix[(i + 1) * n:(i + 2) * n], c) for i, c in enumerate((1, 2, 4))}
-        figures["serve"]["mix"] = ("4 keys x 4 groups; once autovacuum is idle, after a CHECKPOINT and a warm-up "
-                                   "pass; new requests at each level")
+        # each round its own requests (no snapshot served twice: every one a new durable outbox row)
+        slices = iter(range(n, len(mix), n))
+        figures["serve"] = {str(c): median_of([serve_level(app, mix[at:at + n], c) for at in
+                                               [next(slices) for _ in range(ROUNDS)]]) for c in levels}
+        figures["serve"]["mix"] = (f"4 keys x 4 groups; once autovacuum is idle, after a CHECKPOINT and a warm-up "
+                                   f"pass; each level {ROUNDS} rounds of new requests, each figure the median")
         figures["serve"]["autovacuum_wait_s"] = settled_after
     if args.hot:
         with bench_app("online-hot") as app:
