@@ -73,8 +73,9 @@ def split_edges(as_of_us: int, width_us: int, bucket_us: int, fine_us: int | Non
                 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """The edges of a bucketed window split once more at a finer width: (inclusive fine bucket ranges
     wholly inside the edges, the raw (lo, hi] spans left over: each shorter than a fine bucket, or
-    than two when its edge holds no whole fine bucket). Without a fine width the edges stay raw. Interior, fine ranges and raw spans are disjoint and
-    cover the window, so every mergeable partial is exact over the three."""
+    than two when its edge holds no whole fine bucket). Without a fine width the edges stay raw.
+    Interior, fine ranges and raw spans are disjoint and cover the window, so every mergeable partial
+    is exact over the three."""
     edges = edge_spans(as_of_us, width_us, bucket_us)
     if fine_us is None:
         return [], edges
