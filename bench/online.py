@@ -3,7 +3,9 @@
 - apply: events/s of `fp worker` (a real process, full catalogue) at --small and --large
   transactions (the large one the median of ROUNDS rounds), their ratio (flatness), the worker's peak
   RSS, and the ratio to a bare COPY of the same events as one typed row each into a table with one
-  (scope, key, ts) index per key type (the median of ROUNDS rounds).
+  (scope, key, ts) index per key type (the median of ROUNDS rounds); the same for the OFP consumer
+  alone (`apply_large_ofp_only`: what the COPY compares with, events written to the online state,
+  without the archive, context and audit consumers that `fp worker` also runs on the same two cores).
 - serve: get_features p50/p99 and requests/s for the 4-key x 4-group mix at 1, 2 and 4 clients
   (processes, each with its own connection), on the large store, after a warm-up pass (Feast's peer
   also reads a warm store) and once autovacuum is idle; each level serves requests of its own, none
@@ -56,28 +58,39 @@ def publish_simulated(app, transactions: int, seed: int):
     return plan
 
 
-def apply_with_worker(app) -> dict:
-    """`fp worker --until-idle` in its own process: events/s and its peak RSS."""
+# the OFP consumer alone (what the COPY baseline compares with: events written to the online state),
+# in a process of its own as `fp worker` runs
+OFP_ONLY = ("import json; from featureplane.runtime.app import App; from featureplane.online.ofp_worker import "
+            "OfpWorker; app = App(); s = app.settings; stats = OfpWorker(app.db, app.bus, app.registry, "
+            "batch_size=s.batch_size, bucketed=s.bucketed_groups).run_until_idle(); "
+            "print(json.dumps({'ofp': {'applied': stats.applied}}))")
+
+
+def apply_with_worker(app, ofp_only: bool = False) -> dict:
+    """`fp worker --until-idle` (or the OFP consumer alone) in its own process: events/s and peak RSS."""
     env = {**os.environ, "FP_PG_DSN": app.db.dsn.reveal(), "FP_HOME": str(app.settings.home),
            "PYTHONPATH": str(REPO)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    elapsed, done = timed(lambda: subprocess.run(
-        [sys.executable, "-m", "featureplane.runtime.cli", "worker", "--until-idle", "--timeout", "7200"],
-        env=env, cwd=REPO, capture_output=True, text=True))
+    command = ["-c", OFP_ONLY] if ofp_only else ["-m", "featureplane.runtime.cli", "worker", "--until-idle",
+                                                  "--timeout", "7200"]
+    elapsed, done = timed(lambda: subprocess.run([sys.executable, *command], env=env, cwd=REPO,
+                                                 capture_output=True, text=True))
     if done.returncode != 0:
         raise RuntimeError(done.stdout[-1000:] + done.stderr[-2000:])
-    summary = json.loads(done.stderr.strip().splitlines()[-1])
+    summary = json.loads((done.stdout if ofp_only else done.stderr).strip().splitlines()[-1])
     applied = summary["ofp"]["applied"]
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"events": applied, "seconds": round(elapsed, 2), "events_per_s": round(applied / elapsed),
             "worker_peak_rss_mb": round(max(rss, before) / 1024, 1),
-            "note": "includes the context, archive and audit consumers of the same worker process"}
+            "note": "the OFP consumer alone" if ofp_only else
+                    "includes the context, archive and audit consumers of the same worker process"}
 
 
-def apply_rounds(app) -> dict:
+def apply_rounds(app) -> tuple[dict, dict]:
     """`apply_with_worker` on ROUNDS identical copies of the published store (the home restored from a
-    copy taken before the first round, the server stopped around it): each figure the median of the
-    rounds. The store of the last round stays for what follows."""
+    copy taken before the first run, the server stopped around it), the whole worker and the OFP
+    consumer alone in turn: each figure the median of its rounds. A whole worker's store stays for
+    what follows."""
     from featureplane.runtime.embedded_pg import EmbeddedServer
 
     home = Path(app.settings.home)
@@ -91,18 +104,22 @@ def apply_rounds(app) -> dict:
         server.ensure_running()
 
     copy(home, pristine)
-    rounds = []
+    alone, whole = [], []
     for i in range(ROUNDS):
-        if i:
+        alone.append(apply_with_worker(app, ofp_only=True))
+        copy(pristine, home)
+        whole.append(apply_with_worker(app))
+        if i < ROUNDS - 1:
             copy(pristine, home)
-        rounds.append(apply_with_worker(app))
     subprocess.run(["rm", "-rf", str(pristine)], check=True)
-    figures = {k: statistics.median(r[k] for r in rounds) for k in ("events", "seconds", "events_per_s",
-                                                                      "worker_peak_rss_mb")}
-    figures["worker_peak_rss_mb"] = max(r["worker_peak_rss_mb"] for r in rounds)
-    return {**figures, "rounds": [{k: r[k] for k in ("seconds", "events_per_s")} for r in rounds],
-            "note": f"median of {ROUNDS} rounds on copies of one published store (peak RSS: the largest); "
-                    "includes the context, archive and audit consumers of the same worker process"}
+
+    def median(rounds: list[dict]) -> dict:
+        figures = {k: statistics.median(r[k] for r in rounds) for k in ("events", "seconds", "events_per_s")}
+        return {**figures, "rounds": [{k: r[k] for k in ("seconds", "events_per_s")} for r in rounds],
+                "note": f"median of {ROUNDS} rounds on copies of one published store; {rounds[0]['note']}"}
+
+    # RUSAGE_CHILDREN keeps the largest child so far: the whole worker's rounds come after every OFP-only one
+    return ({**median(whole), "worker_peak_rss_mb": max(r["worker_peak_rss_mb"] for r in whole)}, median(alone))
 
 
 def copy_baseline(app) -> dict:
@@ -298,12 +315,14 @@ def main() -> None:
         figures["apply_small"] = apply_with_worker(app)
     with bench_app("online-large") as app:
         plan = publish_simulated(app, args.large, seed=17)
-        figures["apply_large"] = apply_rounds(app)
+        figures["apply_large"], figures["apply_large_ofp_only"] = apply_rounds(app)
         figures["apply_flatness_large_vs_small"] = round(
             figures["apply_large"]["events_per_s"] / figures["apply_small"]["events_per_s"], 3)
         figures["raw_copy"] = copy_baseline(app)
         figures["apply_vs_raw_copy"] = round(figures["apply_large"]["events_per_s"]
                                              / figures["raw_copy"]["events_per_s"], 3)
+        figures["ofp_only_apply_vs_raw_copy"] = round(figures["apply_large_ofp_only"]["events_per_s"]
+                                                      / figures["raw_copy"]["events_per_s"], 3)
         n = args.requests
         settled_after = wait_for_autovacuum(app)
         with app.db.connect(autocommit=True) as conn:
