@@ -65,9 +65,11 @@ def within(lo: int, hi: int) -> pl.Expr:
 
 
 def by_chunk(frame: pl.DataFrame, bounds: list[int]) -> Iterator[tuple[int, pl.DataFrame]]:
-    """The in-scope rows of `frame` split by time chunk: (chunk, its rows)."""
+    """The in-scope rows of `frame` split by time chunk: (chunk, its rows); rows outside the scope are
+    left out here (the search alone would put them in the first or last chunk)."""
+    inside = frame.filter(within(bounds[0], bounds[-1]))
     cuts = pl.Series(bounds[1:-1], dtype=pl.Int64)
-    chunks = frame.with_columns(cuts.search_sorted(frame[TS], side="right").cast(pl.Int32).alias("_chunk"))
+    chunks = inside.with_columns(cuts.search_sorted(inside[TS], side="right").cast(pl.Int32).alias("_chunk"))
     for (chunk,), part in chunks.partition_by("_chunk", as_dict=True, include_key=False).items():
         yield int(chunk), part  # type: ignore[call-overload]
 
@@ -142,8 +144,7 @@ class Router:
             parts = keyed.with_columns(shard_of(pl.col(key_field), self.shards).alias("_shard"))
             for (shard,), part in parts.partition_by("_shard", as_dict=True, include_key=False).items():
                 self._write(self.layout.events(key_field, int(shard)), part)  # type: ignore[arg-type]
-        inside = batch.filter(within(self.bounds[0], self.bounds[-1])).select(UID, *ROW_COLUMNS)
-        for chunk, part in by_chunk(inside, self.bounds):
+        for chunk, part in by_chunk(batch.select(UID, *ROW_COLUMNS), self.bounds):
             self._write(self.layout.rows(chunk), part)
 
     def _write(self, path: Path, part: pl.DataFrame) -> None:
@@ -193,8 +194,7 @@ def shard_values(layout: Layout, key_field: str, shard: int, groups: list[tuple[
         return
     events = without(pl.read_ipc(path), skipped)
     for index, group in groups:
-        values = group_values(events, group).filter(within(bounds[0], bounds[-1]))
-        for chunk, part in by_chunk(values, bounds):
+        for chunk, part in by_chunk(group_values(events, group), bounds):
             # lz4: a third of the work directory's bytes at 5M events, at no measured cost in time
             part.write_ipc(layout.values(index, shard, chunk), compression="lz4")
 
