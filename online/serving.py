@@ -21,7 +21,7 @@ from featureplane.pipelines.errors import FpError, Unavailable
 from featureplane.pipelines.positions import basis_json
 from featureplane.pipelines.registry import Registry
 from featureplane.pipelines.requests import FeatureRequest
-from featureplane.pipelines.serving_sql import GroupQuery, decode_rows, numbered, plan_serving
+from featureplane.pipelines.serving_sql import GroupQuery, ServingPlanner, decode_rows, numbered
 from featureplane.pipelines.snapshot import assemble, error_response
 from featureplane.pipelines.timefmt import format_ts
 from featureplane.runtime.postgres import Database
@@ -47,6 +47,7 @@ class FeatureServer:
         self.offset_style = bus.offset_style
         self._conn: psycopg.Connection | None = None
         self._reader: OfpStateReader | None = None
+        self._planner: ServingPlanner | None = None
         self._specs: dict[int, BucketSpec] | None = None
         self._scopes: dict[tuple[tuple[str, str], ...], int] = {}
         self._provenance = {"registry_digest": registry.digest}  # computed once, not per request
@@ -63,6 +64,7 @@ class FeatureServer:
             # of it), hot merchant/card/device unchanged or faster.
             self._conn.execute("SET plan_cache_mode = force_generic_plan")
             self._reader = OfpStateReader(register_groups(self._conn, self.registry))
+            self._planner = ServingPlanner(self._reader.group_ids)
         return self._conn
 
     def close(self) -> None:
@@ -92,8 +94,8 @@ class FeatureServer:
 
     def _serve(self, request: FeatureRequest) -> dict[str, Any]:
         conn = self._connection()
-        reader = self._reader
-        assert reader is not None  # set with the connection
+        reader, planner = self._reader, self._planner
+        assert reader is not None and planner is not None  # set with the connection
         scope_id = self._scope_id(conn, reader, request.context_pins)  # scopes are never deleted
         if scope_id is None:
             raise _NotFound("nothing has been applied for these context pins")
@@ -101,7 +103,7 @@ class FeatureServer:
             self._specs = bucket_specs(conn)
         queries = [GroupQuery(g, tuple(k for kt, k in request.keys if kt == g.key_type),
                               self._specs.get(reader.group_ids[g.ref])) for g in request.groups]
-        plan = plan_serving(queries, scope_id, reader.group_ids, request.as_of_us)
+        plan = planner.plan(queries, scope_id, request.as_of_us)
         # round trip 1: one statement (one snapshot): every group, the basis and the horizon
         cursor = psycopg.RawCursor(conn)
         cursor.execute(numbered(plan.sql + STATE_ROWS_SQL), [*plan.params, CONSUMER, TRAFFIC])
