@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from featureplane.lake.delta import DeltaLake
 from featureplane.lake.object_store import ObjectStore
+from featureplane.online.prepared import PreparedStatements
 from featureplane.pipelines.errors import TerminalError, TransientError
 from featureplane.pipelines.timefmt import parse_rfc3339
 from featureplane.runtime.postgres import Database
@@ -128,13 +129,13 @@ def flush_outbox(db: Database, store: ObjectStore, lake: DeltaLake, *, batch: in
 
 
 # -- the port: what serving, health and parity may do with stored snapshots ----------------------
-def stage(conn: psycopg.Connection, response: dict[str, Any]) -> None:
-    """Write a success response to the outbox with its counts; it is durable when the caller's
-    transaction commits (serving: at once, autocommit), and persisted by `flush_outbox` later."""
+def stage(statements: PreparedStatements, response: dict[str, Any]) -> None:
+    """Write a success response to the outbox with its counts, on the serving connection (autocommit):
+    durable when this returns; persisted by `flush_outbox` later."""
     warnings = response["provenance"]["warnings"]
-    conn.execute(
+    statements.run(
         """INSERT INTO snapshot_outbox (snapshot_hash, response, groups_served, stale_groups, no_data_groups)
-           VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+           VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
         (response["snapshot"]["feature_snapshot_hash"], orjson.dumps(response, option=orjson.OPT_SORT_KEYS).decode(),
          len(response["provenance"]["freshness"]), sum(w["code"] == "STALE_GROUP" for w in warnings),
          sum(w["code"] == "NO_DATA" for w in warnings)))
