@@ -341,9 +341,8 @@ def plan_serving(queries: Sequence[GroupQuery], scope_id: int, group_ids: dict[t
 
 @lru_cache(maxsize=512)
 def numbered(sql: str) -> str:
-    """The statement with Postgres' own `$n` placeholders: a serving statement's text depends only on the
-    groups asked for, so this runs once per shape, and the driver sends it without splitting it again
-    (psycopg re-parses `%s` statements over 4 KiB on every execution)."""
+    """The statement with Postgres' own `$n` placeholders, as libpq prepares it: a serving statement's text
+    depends only on the groups asked for, so this runs once per shape."""
     counter = itertools.count(1)
     return re.sub(r"%s", lambda _: f"${next(counter)}", sql)
 
