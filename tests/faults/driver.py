@@ -111,6 +111,8 @@ def state_digest(app: Any) -> tuple[str, int, int]:
                               amount_minor, channel FROM ofp_events ORDER BY 1, 2""",
                     """SELECT g.group_name, key_id, bucket, p FROM ofp_buckets b JOIN ofp_groups g USING (group_id)
                         ORDER BY 1, 2, 3""",
+                    """SELECT g.group_name, key_id, bucket, p FROM ofp_fine_buckets b JOIN ofp_groups g USING (group_id)
+                        ORDER BY 1, 2, 3""",
                     "SELECT stream, partition, next_offset FROM consumer_checkpoints ORDER BY 1, 2, 3",
                     "SELECT stream, partition, \"offset\", reason_code FROM apply_failures ORDER BY 1, 2, 3"):
             for row in cur.execute(sql):
