@@ -60,7 +60,6 @@ class FeatureServer:
             self._conn = self.db.connect(autocommit=True)  # each statement is its own transaction
             # the serving statement's text depends only on the groups asked for (every bound is a
             # parameter): prepared once per shape, so parsing and analysis are not repeated
-            self._conn.prepare_threshold = 0
             self._statements = PreparedStatements(self._conn)
             # generic plans: the statement's shape is fixed per group set and its plan does not depend on
             # the values (index range scans on (key, ts) whatever the key), so it is planned once per

@@ -15,7 +15,6 @@ import itertools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from featureplane.pipelines.algebra import (
@@ -339,10 +338,9 @@ def plan_serving(queries: Sequence[GroupQuery], scope_id: int, group_ids: dict[t
     return ServingPlanner(group_ids).plan(queries, scope_id, as_of)
 
 
-@lru_cache(maxsize=512)
 def numbered(sql: str) -> str:
-    """The statement with Postgres' own `$n` placeholders, as libpq prepares it: a serving statement's text
-    depends only on the groups asked for, so this runs once per shape."""
+    """The statement with Postgres' own `$n` placeholders, as libpq prepares it (the server keeps the
+    result per plan text: a serving statement's text depends only on the groups asked for)."""
     counter = itertools.count(1)
     return re.sub(r"%s", lambda _: f"${next(counter)}", sql)
 
