@@ -2,7 +2,7 @@
 
 A row is one transaction_event (deduplicated by position, same rule as online) inside the
 observation scope and the replay basis. Its features are the registry's definitions evaluated
-as of its own ts_utc over the archived events inside the replay basis (`rolling_features`, the
+as of its own ts_utc over the archived events inside the replay basis (`key_rolling_features`, the
 shared algebra), computed in key shards and assembled in time chunks (`offline/shards.py`), one
 file per chunk. Its label is the assertion for its flow
 with the greatest (observed_time, position) among those observed at or before
@@ -120,16 +120,15 @@ def build_dataset(lake: DeltaLake, intent: BuildIntent, step: Step = lambda _nam
         step("routed", steps)
         labels = latest_labels(pinned_labels(lake, label_basis, pins), intent.label_as_of_us)
         step("labels", steps)
-        indexed = list(enumerate(intent.groups))
-        by_key: dict[str, list[tuple[int, GroupDef]]] = {}
-        for index, group in indexed:
-            by_key.setdefault(group.key_field, []).append((index, group))
+        by_key: dict[str, list[GroupDef]] = {}
+        for group in intent.groups:
+            by_key.setdefault(group.key_field, []).append(group)
         skipped = pl.concat([later_copies(layout, shard) for shard in range(shards)])
         step(f"{skipped.height} later copies of events left out", steps)
         feature_units = [(layout, key, shard, groups, bounds, skipped) for key, groups in by_key.items()
                          for shard in range(shards)]
         run_units(shard_values, feature_units, jobs, lambda: step("features of a key shard", steps))
-        chunk_units = [(layout, c, indexed, labels, TRANSACTION_SCHEMA, skipped)
+        chunk_units = [(layout, c, list(intent.groups), labels, TRANSACTION_SCHEMA, skipped)
                        for c in range(len(bounds) - 1)]
         chunks = run_units(assemble_chunk, chunk_units, jobs, lambda: step("a chunk assembled", steps))
     except BaseException:

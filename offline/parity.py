@@ -110,7 +110,7 @@ def rebuild_batch(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, str],
     for ref, wanted in queries.items():
         group = groups[ref]
         query_frame = pl.DataFrame(sorted(wanted), schema={KEY: pl.String(), AS_OF: pl.Int64()}, orient="row")
-        contribs = contributions(frame, group).join(query_frame.select(KEY).unique(), on=KEY, how="semi")
+        contribs = contributions(frame, group).filter(pl.col(KEY).is_in(query_frame[KEY].unique().implode()))
         for row in point_features(contribs, query_frame, group).iter_rows(named=True):
             found[(*ref, row[KEY], row[AS_OF])] = row
     return [

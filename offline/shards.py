@@ -10,10 +10,12 @@ directory, so memory is bounded by the largest unit, not by history:
    after its first position is listed (`later_copies`), and every unit leaves those out: the
    online plane's first-position rule, decided over the whole basis even when the copies differ.
 2. features (`shard_values`): per (key type, shard), every group of that key type evaluated by the
-   shared algebra (`rolling_features`) over the shard's events; the values of in-scope rows are
-   written to the time chunk of their row.
-3. assemble (`assemble_chunk`): per time chunk, its rows joined with every group's values of that
-   chunk and with the labels, in (time, position) order: one output file per chunk.
+   shared algebra in one pass (`key_rolling_features`: the partials the groups share are computed
+   once) over the shard's events; the values of in-scope rows are written to the time chunk of their
+   row, sorted by `uid`.
+3. assemble (`assemble_chunk`): per time chunk, its rows joined with each key type's values of that
+   chunk (both sorted by `uid`: a merge, not a hash join) and with the labels, in (time, position)
+   order: one output file per chunk.
 
 The output files depend only on the data and `CHUNK_ROWS`, never on how keys were sharded. Units
 2 and 3 are plain functions of paths and values: a process pool runs them here (`run_units`), and
@@ -33,7 +35,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from featureplane.pipelines.features import LAST_UPDATE, TS, contributions, in_range_expr, rolling_features
+from featureplane.pipelines.features import TS, in_range_expr, key_contributions, key_rolling_features
 from featureplane.pipelines.positions import order_keys
 from featureplane.pipelines.registry import GroupDef
 from featureplane.pipelines.timefmt import format_ts_expr
@@ -101,14 +103,14 @@ class Layout:
     def rows(self, chunk: int) -> Path:
         return self.root / f"rows-{chunk:05d}.arrow"
 
-    def values(self, group_index: int, shard: int, chunk: int) -> Path:
-        return self.root / f"values-{group_index:03d}-{shard:05d}-{chunk:05d}.arrow"
+    def values(self, key_field: str, shard: int, chunk: int) -> Path:
+        return self.root / f"values-{key_field}-{shard:05d}-{chunk:05d}.arrow"
 
     def identities(self, shard: int) -> Path:
         return self.root / f"ids-{shard:05d}.arrow"
 
-    def values_of(self, group_index: int, chunk: int) -> list[Path]:
-        return sorted(self.root.glob(f"values-{group_index:03d}-*-{chunk:05d}.arrow"))
+    def values_of(self, key_field: str, chunk: int) -> list[Path]:
+        return sorted(self.root.glob(f"values-{key_field}-*-{chunk:05d}.arrow"))
 
     def output(self, chunk: int) -> Path:
         return self.root / f"part-{chunk:05d}.parquet"
@@ -148,7 +150,7 @@ class Router:
             self._write(self.layout.rows(chunk), part)
 
     def _write(self, path: Path, part: pl.DataFrame) -> None:
-        table = part.to_arrow()
+        table = part.to_arrow(compat_level=pl.CompatLevel.newest())  # string views: no copy, read back as they are
         writer = self._writers.get(path)
         if writer is None:  # Arrow IPC, uncompressed: the cheapest to write, read back memory-mapped
             writer = self._writers[path] = pa.ipc.new_file(path, table.schema)
@@ -170,12 +172,12 @@ def later_copies(layout: Layout, shard: int) -> pl.DataFrame:
     return copies.join(first_positions(copies), on=UID, how="anti").select(UID)
 
 
-def group_values(events: pl.DataFrame, group: GroupDef) -> pl.DataFrame:
-    """`uid`, the event time and the group's dataset columns as of each event (out-of-range values
-    null). The time is the features' last update, which as of an event's own time is that time."""
-    values = rolling_features(contributions(events, group, carry=(UID,)), group, UID).rename({LAST_UPDATE: TS})
-    values = values.with_columns([in_range_expr(f, values.schema[f]) for f in group.feature_names])
-    return values.rename({f: feature_column(group, f) for f in group.feature_names})
+def key_values(events: pl.DataFrame, groups: Sequence[GroupDef]) -> pl.DataFrame:
+    """`uid`, the event time and the dataset columns of every group of one key type as of each event
+    (out-of-range values null), sorted by `uid`; the groups' common partials are computed once."""
+    values = key_rolling_features(key_contributions(events, groups, carry=(UID,)), groups, UID, feature_column)
+    names = [feature_column(g, f) for g in groups for f in g.feature_names]
+    return values.with_columns([in_range_expr(n, values.schema[n]) for n in names]).sort(UID)
 
 
 def without(frame: pl.DataFrame, skipped: pl.DataFrame) -> pl.DataFrame:
@@ -183,39 +185,45 @@ def without(frame: pl.DataFrame, skipped: pl.DataFrame) -> pl.DataFrame:
     return frame if skipped.is_empty() else frame.join(skipped, on=UID, how="anti")
 
 
-def shard_values(layout: Layout, key_field: str, shard: int, groups: list[tuple[int, GroupDef]],
+def shard_values(layout: Layout, key_field: str, shard: int, groups: list[GroupDef],
                  bounds: list[int], skipped: pl.DataFrame) -> None:
-    """Step 2 for one (key type, shard): each group's features as of every in-scope event of the
-    shard, written to `layout.values(group_index, shard, chunk)` for the time chunk of its row, so
-    an assembly reads exactly its own (at 5M events, reading each chunk's time range out of every
-    shard's values read half of them ten times over)."""
+    """Step 2 for one (key type, shard): the features of every group of the key type as of every
+    in-scope event of the shard, written to `layout.values(key_field, shard, chunk)` for the time
+    chunk of its row (sorted by `uid`), so an assembly reads exactly its own (at 5M events, reading
+    each chunk's time range out of every shard's values read half of them ten times over)."""
     path = layout.events(key_field, shard)
     if not path.exists():
         return
     events = without(pl.read_ipc(path), skipped)
-    for index, group in groups:
-        for chunk, part in by_chunk(group_values(events, group), bounds):
-            # lz4: a third of the work directory's bytes at 5M events, at no measured cost in time
-            part.write_ipc(layout.values(index, shard, chunk), compression="lz4")
+    for chunk, part in by_chunk(key_values(events, groups), bounds):
+        # lz4: a third of the work directory's bytes at 5M events, at no measured cost in time
+        part.write_ipc(layout.values(key_field, shard, chunk), compression="lz4")
 
 
-def assemble_chunk(layout: Layout, chunk: int, groups: list[tuple[int, GroupDef]],
+def by_uid(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` sorted by `uid` and flagged so: joins of two such frames merge instead of hashing."""
+    if not frame[UID].is_sorted():
+        frame = frame.sort(UID)
+    return frame.with_columns(pl.col(UID).set_sorted())
+
+
+def assemble_chunk(layout: Layout, chunk: int, groups: list[GroupDef],
                    labels: pl.DataFrame, events_schema: dict[str, pl.DataType], skipped: pl.DataFrame,
                    ) -> dict[str, Any]:
     """Step 3 for one time chunk: its rows, their feature values and labels, in (time, position)
     order, written to `layout.output(chunk)`; returns its row and label counts."""
     path = layout.rows(chunk)
     empty = pl.DataFrame(schema=events_schema).with_columns(pl.lit(0, pl.Int64).alias(UID))
-    rows = (without(pl.read_ipc(path), skipped) if path.exists()
-            else empty.select(UID, *ROW_COLUMNS))
-    features: list[str] = []
-    for index, group in groups:
-        names = [feature_column(group, f) for f in group.feature_names]
-        features += names
-        files = layout.values_of(index, chunk)
-        values = (pl.concat([pl.read_ipc(f, columns=[UID, *names]) for f in files])
-                  if files else group_values(empty, group))  # no events of its key type: its typed columns
-        rows = rows.join(values, on=UID, how="left")
+    rows = by_uid(without(pl.read_ipc(path), skipped) if path.exists() else empty.select(UID, *ROW_COLUMNS))
+    by_key: dict[str, list[GroupDef]] = {}
+    for group in groups:
+        by_key.setdefault(group.key_field, []).append(group)
+    for key_field, members in by_key.items():
+        files = layout.values_of(key_field, chunk)
+        values = (pl.concat([pl.read_ipc(f) for f in files]).drop(TS) if files
+                  else key_values(empty, members).drop(TS))  # no events of its key type: its typed columns
+        rows = rows.join(by_uid(values), on=UID, how="left")
+    features = [feature_column(g, f) for g in groups for f in g.feature_names]
     rows = rows.join(labels, on=["platform_run_id", "flow_id"], how="left")
     rows = rows.with_columns(format_ts_expr(pl.col(TS)).alias("ts_utc"),
                              format_ts_expr(pl.col("label_observed_us")).alias("label_observed_time_utc"))

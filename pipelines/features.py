@@ -8,6 +8,8 @@ as-of points (`point_features`), dataset builds in rolling windows ending at eac
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import polars as pl
 
 from featureplane.pipelines.algebra import MAX_EXACT_INT, SUM_CAP, Partial, partials_of
@@ -39,10 +41,19 @@ def contributions(transactions: pl.DataFrame, group: GroupDef, carry: tuple[str,
 
     A transaction with no key for the group (a null device) is not a source event of the group.
     """
+    return key_contributions(transactions, [group], carry)
+
+
+def key_contributions(transactions: pl.DataFrame, groups: Sequence[GroupDef], carry: tuple[str, ...] = ()
+                      ) -> pl.DataFrame:
+    """`contributions` of several groups of one key type at once: the fields any of them reads."""
+    fields = list(dict.fromkeys(f for g in groups for f in g.fields))
+    key_field = groups[0].key_field
+    assert all(g.key_field == key_field for g in groups), "groups of one key type"
     return (
         transactions.lazy()
-        .filter(pl.col(group.key_field).is_not_null())
-        .select(*carry, pl.col(group.key_field).alias(KEY), pl.col(TS), *[pl.col(f) for f in group.fields])
+        .filter(pl.col(key_field).is_not_null())
+        .select(*carry, pl.col(key_field).alias(KEY), pl.col(TS), *[pl.col(f) for f in fields])
         .collect()
     )
 
@@ -112,10 +123,10 @@ def aggregate_expr(feature: FeatureDef, in_window: pl.Expr) -> pl.Expr:
     return finalize_expr(feature, [partial_expr(p, in_window) for p in partials_of(feature)]).alias(feature.name)
 
 
-def derived_expr(derived: DerivedDef) -> pl.Expr:
+def derived_expr(derived: DerivedDef, column: Callable[[str], str] = str) -> pl.Expr:
     """ratio = float(numerator) / float(denominator); null when the denominator is 0, NaN (out of
-    range) when either side is a sum beyond 2^53 - 1."""
-    num, den = pl.col(derived.numerator), pl.col(derived.denominator)
+    range) when either side is a sum beyond 2^53 - 1. `column` names a feature's column."""
+    num, den = pl.col(column(derived.numerator)), pl.col(column(derived.denominator))
     ratio = (pl.when((num >= SUM_CAP) | (den >= SUM_CAP)).then(float("nan"))
              .otherwise(num.cast(pl.Float64) / den.cast(pl.Float64)))
     return pl.when(den != 0).then(ratio).otherwise(None).alias(derived.name)
@@ -183,47 +194,92 @@ def _reached(contribs: pl.DataFrame, queries: pl.DataFrame, group: GroupDef) -> 
 
 AXIS = "_axis"  # one time axis for every key: see `rolling_features`
 QUERY = "_query"
-
-
 CODE = "_key_code"
+Column = Callable[[GroupDef, str], str]  # (group, feature name) -> its column in a result frame
 
 
-def _key_codes(frame: pl.DataFrame) -> pl.DataFrame:
-    """Each key as an integer 0..keys-1 (dictionary codes, ranked: any order serves the axis)."""
-    code = pl.col(KEY).cast(pl.Categorical).to_physical().rank("dense").cast(pl.Int64) - 1
-    return frame.with_columns(code.alias(CODE))
+def _own_name(_group: GroupDef, name: str) -> str:
+    return name
 
 
-def _axis_fits(frame: pl.DataFrame, group: GroupDef, first: int, last: int) -> bool:
+def _hashed(column: str) -> pl.Expr:
+    """A 64-bit hash of a string column, the cheap stand-in for its dictionary codes: codes ranked from
+    it are used only after a check that no two strings met under one hash (`_collide`); where they do,
+    the exact codes are taken instead, so no output depends on the hash."""
+    return pl.col(column).hash(seed=0x6670)
+
+
+def _collide(frame: pl.DataFrame, code: str, text: str) -> bool:
+    """Whether two different `text`s share a `code`, in a frame sorted so each code's rows are
+    contiguous: then two neighbours have one code and different texts."""
+    return bool(frame.select(((pl.col(code) == pl.col(code).shift(1)) & (pl.col(text) != pl.col(text).shift(1)))
+                             .any()).item())
+
+
+def _key_codes(frame: pl.DataFrame, exact: bool) -> pl.DataFrame:
+    """Each key as an integer 0..keys-1, ranked from its hash, or (`exact`) from its dictionary code
+    (any order serves the axis)."""
+    key = pl.col(KEY).cast(pl.Categorical).to_physical() if exact else _hashed(KEY)
+    return frame.with_columns((key.rank("dense").cast(pl.Int64) - 1).alias(CODE))
+
+
+def _axis_fits(frame: pl.DataFrame, groups: Sequence[GroupDef], first: int, last: int) -> bool:
     """Whether every key's stretch fits one 63-bit axis and no key's sums could overflow a 64-bit
     sliding sum (otherwise the per-window aggregation is used). `frame` carries the key codes."""
-    stride = last - first + max(f.window_us for f in group.features) + 1
-    sums = {p.field for f in group.features for p in partials_of(f) if p.kind == "sum"}
+    stride = _stride(groups, first, last)
+    sums = {p.field for g in groups for f in g.features for p in partials_of(f) if p.kind == "sum"}
     too_large = sums and frame.height and frame.select(pl.max_horizontal(
         *[pl.col(c).cast(pl.Float64).sum().over(CODE).max() for c in sums])).item() >= float(2**62)
     keys = (frame[CODE].max() + 1) if frame.height else 0  # type: ignore[operator]
     return not too_large and (keys + 1) * stride < 2**63 - 1  # every axis value and axis + window fit
 
 
-def _on_axis(frame: pl.DataFrame, group: GroupDef, at: pl.Expr, first: int, last: int) -> pl.DataFrame:
-    """`frame` (with key codes) sorted along the axis, with the group's features as of each row."""
-    stride = last - first + max(f.window_us for f in group.features) + 1
-    frame = frame.with_columns((pl.col(CODE) * stride + (at - first)).alias(AXIS)).sort(AXIS)
+def _stride(groups: Sequence[GroupDef], first: int, last: int) -> int:
+    return last - first + max(f.window_us for g in groups for f in g.features) + 1
+
+
+def _axis_sorted(frame: pl.DataFrame, groups: Sequence[GroupDef], at: pl.Expr, first: int, last: int
+                 ) -> pl.DataFrame | None:
+    """`frame` with key codes and its `AXIS` (key code x stride + time), sorted along it; None when the
+    axis does not fit (`_axis_fits`)."""
+    for exact in (False, True):
+        coded = _key_codes(frame, exact)
+        if not _axis_fits(coded, groups, first, last):
+            return None
+        on_axis = coded.with_columns((pl.col(CODE) * _stride(groups, first, last) + (at - first)).alias(AXIS)
+                                     ).sort(AXIS)
+        if exact or not _collide(on_axis, CODE, KEY):
+            return on_axis
+    raise AssertionError("unreachable: the exact codes never collide")
+
+
+def _on_axis(frame: pl.DataFrame, groups: Sequence[GroupDef], column: Column, lookback_us: int | None
+             ) -> pl.DataFrame:
+    """`frame` (sorted along the axis) with every group's features as of each row, each named
+    `column(group, feature)`. A partial shared by several features (of one group or of several groups
+    of the key type, same kind, field, condition and window) is computed once. With `lookback_us`, also
+    the latest event time within it (`LAST_UPDATE`)."""
+    names: dict[tuple[Partial, int], str] = {}
     sliding: list[pl.Expr] = []
     distinct: list[pl.Series] = []
-    for index, feature in enumerate(group.features):
-        for number, partial in enumerate(partials_of(feature)):
-            name = f"_p{index}_{number}"
-            if partial.kind == "distinct":
-                distinct.append(_rolling_distinct(frame, partial, feature.window_us).alias(name))
-            else:
-                sliding.append(_rolling_partial(partial, feature.window_us).alias(name))
-    sliding.append(pl.col(TS).rolling_max_by(AXIS, f"{group.lookback_us}i", closed="right").alias(LAST_UPDATE))
+    for group in groups:
+        for feature in group.features:
+            for partial in partials_of(feature):
+                if (partial, feature.window_us) in names:
+                    continue
+                name = names[(partial, feature.window_us)] = f"_p{len(names)}"
+                if partial.kind == "distinct":
+                    distinct.append(_rolling_distinct(frame, partial, feature.window_us).alias(name))
+                else:
+                    sliding.append(_rolling_partial(partial, feature.window_us).alias(name))
+    if lookback_us is not None:
+        sliding.append(pl.col(TS).rolling_max_by(AXIS, f"{lookback_us}i", closed="right").alias(LAST_UPDATE))
     frame = frame.with_columns(*sliding, *distinct)
-    finals = [finalize_expr(f, [pl.col(f"_p{i}_{n}") for n in range(len(partials_of(f)))]).alias(f.name)
-              for i, f in enumerate(group.features)]
-    out = frame.with_columns(finals)
-    return out.with_columns([derived_expr(d) for d in group.derived]) if group.derived else out
+    finals = [finalize_expr(f, [pl.col(names[(p, f.window_us)]) for p in partials_of(f)]).alias(column(g, f.name))
+              for g in groups for f in g.features]
+    frame = frame.with_columns(finals).drop(names.values())
+    derived = [derived_expr(d, lambda n, g=g: column(g, n)).alias(column(g, d.name)) for g in groups for d in g.derived]
+    return frame.with_columns(derived) if derived else frame
 
 
 def _point_on_axis(contribs: pl.DataFrame, queries: pl.DataFrame, group: GroupDef) -> pl.DataFrame | None:
@@ -239,12 +295,13 @@ def _point_on_axis(contribs: pl.DataFrame, queries: pl.DataFrame, group: GroupDe
     longest = max(f.window_us for f in group.features)
     first = min(asked[AS_OF].min() - longest, events[TS].min() if events.height else asked[AS_OF].min())
     last = max(asked[AS_OF].max(), events[TS].max() if events.height else asked[AS_OF].max())
-    rows = _key_codes(pl.concat([events, asked.with_columns(
+    rows = pl.concat([events, asked.with_columns(
         *[pl.lit(None, t).alias(c) for c, t in schema.items() if c != KEY], pl.lit(True).alias(QUERY)
-    ).select(events.columns)]))
-    if not _axis_fits(rows, group, first, last):  # type: ignore[arg-type]
+    ).select(events.columns)])
+    on_axis = _axis_sorted(rows, [group], pl.coalesce(TS, AS_OF), first, last)  # type: ignore[arg-type]
+    if on_axis is None:
         return None
-    answered = _on_axis(rows, group, pl.coalesce(TS, AS_OF), first, last).filter(pl.col(QUERY))  # type: ignore[arg-type]
+    answered = _on_axis(on_axis, [group], _own_name, group.lookback_us).filter(pl.col(QUERY))
     return answered.select(KEY, AS_OF, *group.feature_names, LAST_UPDATE).sort(KEY, AS_OF)
 
 
@@ -252,7 +309,17 @@ def rolling_features(contribs: pl.DataFrame, group: GroupDef, row_id: str) -> pl
     """Features as of each contribution's own event time (inclusive of events at the same instant).
 
     `contribs` carries a unique `row_id` column; the result has `row_id`, the features and
-    `last_update_us` (which, as of its own time, is that time).
+    `last_update_us` (which, as of its own time, is that time). One group of `key_rolling_features`.
+    """
+    out = key_rolling_features(contribs, [group], row_id)
+    return out.with_columns(pl.col(TS).alias(LAST_UPDATE)).select(row_id, *group.feature_names, LAST_UPDATE)
+
+
+def key_rolling_features(contribs: pl.DataFrame, groups: Sequence[GroupDef], row_id: str,
+                         column: Column = _own_name) -> pl.DataFrame:
+    """Every group's features (groups of one key type, `contribs` carrying the fields of all of them)
+    as of each contribution's own event time: `row_id`, the event time and `column(group, feature)`
+    for each feature, in no particular row order.
 
     Every key's events are laid out on its own stretch of one time axis (key code x stride + ts),
     the stretches further apart than the longest window, so a single sliding pass over the axis
@@ -261,14 +328,16 @@ def rolling_features(contribs: pl.DataFrame, group: GroupDef, row_id: str) -> pl
     row at T inside. When the axis would not fit in 64 bits, or a key's amounts could overflow a
     64-bit sliding sum, each window is aggregated on its own instead (`_rolling_by_window`).
     """
-    if contribs.is_empty():
-        return _rolling_by_window(contribs.sort(KEY, TS), group, row_id)
-    frame = _key_codes(contribs)
-    first, last = frame[TS].min(), frame[TS].max()
-    if not _axis_fits(frame, group, first, last):  # type: ignore[arg-type]
-        return _rolling_by_window(contribs.sort(KEY, TS), group, row_id)
-    out = _on_axis(frame, group, pl.col(TS), first, last)  # type: ignore[arg-type]
-    return out.with_columns(pl.col(TS).alias(LAST_UPDATE)).select(row_id, *group.feature_names, LAST_UPDATE)
+    on_axis = None
+    if contribs.height:
+        first, last = contribs[TS].min(), contribs[TS].max()
+        on_axis = _axis_sorted(contribs, groups, pl.col(TS), first, last)  # type: ignore[arg-type]
+    if on_axis is None:
+        frame = contribs.sort(KEY, TS)
+        parts = [_rolling_by_window(frame, g, row_id, column) for g in groups]
+        return pl.concat([frame.select(row_id, TS), *[p.drop(row_id) for p in parts]], how="horizontal")
+    names = [column(g, n) for g in groups for n in g.feature_names]
+    return _on_axis(on_axis, groups, column, None).select(row_id, TS, *names)
 
 
 def _rolling_partial(partial: Partial, width_us: int) -> pl.Expr:
@@ -299,9 +368,13 @@ def _rolling_distinct(frame: pl.DataFrame, partial: Partial, width_us: int) -> p
     field = partial.field
     assert field is not None
     cond = condition_expr(partial.where, pl.col(field).is_not_null()).fill_null(False)
-    value = pl.col(field).cast(pl.Categorical).to_physical().alias("_value")
-    # a stable sort by value keeps axis order within each value: each occurrence, then its next
-    by_value = frame.filter(cond).select(AXIS, value).sort("_value", maintain_order=True)
+    occurrences = frame.filter(cond).select(AXIS, field)
+    for exact in (False, True):  # values by hash, unless two of them share one (`_collide`)
+        value = (pl.col(field).cast(pl.Categorical).to_physical() if exact else _hashed(field)).alias("_value")
+        # a stable sort by value keeps axis order within each value: each occurrence, then its next
+        by_value = occurrences.with_columns(value).sort("_value", maintain_order=True)
+        if exact or not _collide(by_value, "_value", field):
+            break
     following = pl.when(pl.col("_value") == pl.col("_value").shift(-1)).then(pl.col(AXIS).shift(-1))
     ends = by_value.select(pl.min_horizontal(following, pl.col(AXIS) + width_us)).to_series().sort()
     # started by each row's instant: the running count, as it stands at the last row of that instant
@@ -310,8 +383,11 @@ def _rolling_distinct(frame: pl.DataFrame, partial: Partial, width_us: int) -> p
     return started - ends.search_sorted(frame[AXIS], side="right").cast(pl.Int64)
 
 
-def _rolling_by_window(frame: pl.DataFrame, group: GroupDef, row_id: str) -> pl.DataFrame:
-    """Every window aggregated on its own (for keys whose sums could overflow a sliding sum)."""
+def _rolling_by_window(frame: pl.DataFrame, group: GroupDef, row_id: str, column: Column = _own_name
+                       ) -> pl.DataFrame:
+    """Every window aggregated on its own (for keys whose sums could overflow a sliding sum): `row_id`
+    and the group's features named `column(group, feature)`, in the row order of `frame` (sorted by
+    key and time)."""
     out = frame.select(row_id, KEY, TS)
     every_row = pl.col(TS).is_not_null()
     for width in sorted({f.window_us for f in group.features}):
@@ -320,7 +396,7 @@ def _rolling_by_window(frame: pl.DataFrame, group: GroupDef, row_id: str) -> pl.
             [aggregate_expr(f, every_row) for f in members]
         )
         # rows at the same (key, instant) share one window, so (key, ts) identifies the values
-        out = out.join(rolled.unique([KEY, TS]), on=[KEY, TS], how="left")
+        out = out.join(rolled.unique([KEY, TS]), on=[KEY, TS], how="left", maintain_order="left")
     if group.derived:
         out = out.with_columns([derived_expr(d) for d in group.derived])
-    return out.with_columns(pl.col(TS).alias(LAST_UPDATE)).select(row_id, *group.feature_names, LAST_UPDATE)
+    return out.select(row_id, *[pl.col(n).alias(column(group, n)) for n in group.feature_names])

@@ -91,3 +91,39 @@ def test_features_at_any_as_of_equal_the_reference(events, asked):
             row[k] == expected[k] or (row[k] != row[k] and expected[k] != expected[k]) for k in expected)
         inside = [r[TS] for r in mine if row[AS_OF] - GROUP.lookback_us < r[TS] <= row[AS_OF]]
         assert row[LAST_UPDATE] == (max(inside) if inside else None)
+
+
+def _colliding(column: str) -> pl.Expr:
+    """A hash under which every key (and every card or merchant) of EVENTS collides with the others."""
+    return pl.col(column).str.len_bytes().cast(pl.UInt64)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(EVENTS)
+def test_colliding_hashes_fall_back_to_the_exact_codes(events):
+    """Keys and distinct values are coded by a hash first; where two share one, the exact codes are
+    taken, so the values still equal the reference (a merged key or value would not)."""
+    from unittest import mock
+
+    with mock.patch("featureplane.pipelines.features._hashed", _colliding):
+        _check(events)
+
+
+def test_groups_of_one_key_type_share_partials_and_equal_each_alone():
+    """Two groups of one key type, evaluated together (their common partials computed once), give each
+    group's values as evaluated alone."""
+    from featureplane.pipelines.features import key_rolling_features
+
+    other = parse_group({"group_name": "subset", "group_version": "1.0", "source_event_type": "transaction_event",
+                         "key_type": "account", "key_field": "account_id", "ttl_seconds": 60,
+                         "features": [FEATURES[0], FEATURES[2], FEATURES[7],
+                                      {"name": "n_24h", "agg": "count", "window": "24h"}]})
+    rows = [{"row": i, KEY: f"e_account_{i % 3}", TS: (i * 7919 % 50_000) * S, "amount_minor": i * 31 % 1000,
+             "channel": ["card_present", "ecom", "mobile"][i % 3], "card_id": [None, "e_card_1", "e_card_2"][i % 3],
+             "merchant_id": f"e_merchant_{i % 2}"} for i in range(400)]
+    contribs = pl.DataFrame(rows)
+    together = key_rolling_features(contribs, [GROUP, other], "row", lambda g, n: f"{g.group_name}.{n}").sort("row")
+    for group in (GROUP, other):
+        alone = rolling_features(contribs, group, "row").sort("row")
+        for name in group.feature_names:
+            assert together[f"{group.group_name}.{name}"].to_list() == alone[name].to_list(), name
