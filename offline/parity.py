@@ -97,7 +97,7 @@ def rebuild_batch(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, str],
                 if key_type == group.key_type:
                     queries[group.ref].add((key_id, request.as_of_us))
                     keys[group.key_field].add(key_id)
-    read = {*POSITIONED_IDENTITY, TS, *keys, *(f for ref in queries for f in groups[ref].fields)}
+    read = {TS, *keys, *(f for ref in queries for f in groups[ref].fields)}  # and the position, always
     columns = [c for c in TRANSACTION_SCHEMA if c in read and c not in ("partition", "offset")]
     scan = transaction_scan(lake, basis, pins, columns,
                             {f: pl.Series(f, sorted(ids), pl.String()) for f, ids in keys.items()})
@@ -138,7 +138,7 @@ def without_later_copies(lake: DeltaLake, basis: dict[str, Any], scan: pl.LazyFr
     copies = (identities.filter(_identity_hash().is_in(wanted)).select(POSITIONED_IDENTITY)
               .collect(engine="streaming"))
     later = copies.join(first_positions(copies), on=list(POSITIONED_IDENTITY), how="anti")
-    return frame.join(later, on=list(POSITIONED_IDENTITY), how="anti")
+    return frame.join(later, on=["partition", "offset"], how="anti")  # a position is one record
 
 
 def _identity_hash() -> pl.Expr:
