@@ -150,7 +150,7 @@ class Router:
             self._write(self.layout.rows(chunk), part)
 
     def _write(self, path: Path, part: pl.DataFrame) -> None:
-        table = part.to_arrow(compat_level=pl.CompatLevel.newest())  # string views: no copy, read back as they are
+        table = part.to_arrow()
         writer = self._writers.get(path)
         if writer is None:  # Arrow IPC, uncompressed: the cheapest to write, read back memory-mapped
             writer = self._writers[path] = pa.ipc.new_file(path, table.schema)
