@@ -33,6 +33,7 @@ from featureplane.offline.shards import (
     assemble_chunk,
     chunk_bounds,
     feature_column,
+    label_index,
     later_copies,
     run_units,
     shard_count,
@@ -118,7 +119,7 @@ def build_dataset(lake: DeltaLake, intent: BuildIntent, step: Step = lambda _nam
         finally:
             router.close()
         step("routed", steps)
-        labels = latest_labels(pinned_labels(lake, label_basis, pins), intent.label_as_of_us)
+        labels = label_index(latest_labels(pinned_labels(lake, label_basis, pins), intent.label_as_of_us))
         step("labels", steps)
         by_key: dict[str, list[GroupDef]] = {}
         for group in intent.groups:
