@@ -228,8 +228,12 @@ def _axis_fits(frame: pl.DataFrame, groups: Sequence[GroupDef], first: int, last
     sliding sum (otherwise the per-window aggregation is used). `frame` carries the key codes."""
     stride = _stride(groups, first, last)
     sums = {p.field for g in groups for f in g.features for p in partials_of(f) if p.kind == "sum"}
-    too_large = sums and frame.height and frame.select(pl.max_horizontal(
-        *[pl.col(c).cast(pl.Float64).sum().over(CODE).max() for c in sums])).item() >= float(2**62)
+    def reaches(total: pl.Expr) -> bool:  # some sum field's total reaches 2^62
+        return frame.select(pl.max_horizontal(*[total(pl.col(c).cast(pl.Float64)) for c in sums])).item() >= 2.0**62
+
+    # the whole frame's total of magnitudes bounds every key's sum: the per-key sums only when it does not
+    too_large = (sums and frame.height and reaches(lambda c: c.abs().sum())
+                 and reaches(lambda c: c.sum().over(CODE).max()))
     keys = (frame[CODE].max() + 1) if frame.height else 0  # type: ignore[operator]
     return not too_large and (keys + 1) * stride < 2**63 - 1  # every axis value and axis + window fit
 

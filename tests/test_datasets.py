@@ -218,3 +218,30 @@ def test_key_shards_and_time_chunks_change_no_row_and_a_process_pool_no_byte(app
     finally:
         pooled.discard()
         sequential.discard()
+
+
+@pytest.mark.parametrize("colliding", [False, True])
+def test_a_chunk_finds_exactly_its_labels(colliding):
+    """`labels_of` + the join on the flow give each row the label of its own flow, as a plain join
+    does, also when every flow hash collides (then every label is a candidate and the join on the
+    flow itself decides)."""
+    from unittest import mock
+
+    import polars as pl
+
+    from featureplane.offline import shards
+
+    rng = random.Random(5)
+    labels = pl.DataFrame({"platform_run_id": [rng.choice(["r1", "r2"]) for _ in range(300)],
+                           "flow_id": [f"f{i}" for i in range(300)],
+                           "label": [rng.choice(["fraud", "legit"]) for _ in range(300)],
+                           "label_observed_us": list(range(300))}).unique(["platform_run_id", "flow_id"])
+    rows = pl.DataFrame({"platform_run_id": [rng.choice(["r1", "r2"]) for _ in range(500)],
+                         "flow_id": [f"f{rng.randrange(450)}" for _ in range(500)]}).with_row_index("uid")
+    expected = rows.join(labels, on=["platform_run_id", "flow_id"], how="left").sort("uid")
+    hashed = (lambda: pl.lit(7, pl.UInt64).alias(shards.FLOW_HASH)) if colliding else shards._flow_hash
+    with mock.patch.object(shards, "_flow_hash", hashed):
+        index = shards.label_index(labels)
+        got = rows.join(shards.labels_of(rows, index), on=["platform_run_id", "flow_id"], how="left").sort("uid")
+    assert got.equals(expected)
+    assert expected["label"].null_count() not in (0, rows.height)  # rows with and without a label
