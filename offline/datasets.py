@@ -26,7 +26,7 @@ from featureplane.lake.archive import archive_progress
 from featureplane.lake.delta import DeltaLake
 from featureplane.lake.object_store import ObjectStore
 from featureplane.offline.intents import BuildIntent, dataset_fingerprint, dataset_identity, manifest_id
-from featureplane.offline.replay import pinned_labels, transaction_batches
+from featureplane.offline.replay import pinned_labels, transaction_batches, warm_archive
 from featureplane.offline.shards import (
     Layout,
     Router,
@@ -96,6 +96,7 @@ def build_dataset(lake: DeltaLake, intent: BuildIntent, step: Step = lambda _nam
     identity = dataset_identity(intent, label_basis)
     fingerprint = dataset_fingerprint(identity)
     mid = manifest_id(fingerprint)
+    warm_archive(lake)  # both passes below read most of the archive
     root = Path(tempfile.mkdtemp(prefix="fp-build-", dir=workdir))
     try:
         layout = Layout(root)

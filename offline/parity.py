@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from featureplane.lake.delta import DeltaLake
 from featureplane.lake.object_store import ObjectStore
-from featureplane.offline.replay import transaction_scan
+from featureplane.offline.replay import transaction_scan, warm_archive
 from featureplane.online.snapshot_store import load_snapshot, stored_refs
 from featureplane.pipelines.canonical import same_document
 from featureplane.pipelines.errors import FpError
@@ -168,6 +168,8 @@ def check_snapshots(lake: DeltaLake, registry: Registry, stored: list[dict[str, 
             continue
         key = json.dumps([response["provenance"]["input_basis"], request.context_pins], sort_keys=True)
         batches[key].append((response, request))
+    if batches:
+        warm_archive(lake)  # each batch scans the keys of every archived transaction
     for key, items in batches.items():
         basis, pins = json.loads(key)
         try:

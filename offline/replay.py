@@ -18,6 +18,7 @@ from featureplane.lake.archive import (
     table_name,
 )
 from featureplane.lake.delta import DeltaLake
+from featureplane.lake.page_cache import warm
 from featureplane.pipelines.errors import TerminalError
 from featureplane.pipelines.positions import parse_basis
 from featureplane.schemas.frames import LABEL_SCHEMA, TRANSACTION_SCHEMA
@@ -66,6 +67,14 @@ def _decoded(lake: DeltaLake, basis: dict[str, Any], stream: str,
     if frame is None:
         return pl.DataFrame(schema=schema)
     return frame.drop("reject_reason").cast(schema)  # type: ignore[arg-type]
+
+
+def warm_archive(lake: DeltaLake, stream: str = TRAFFIC) -> None:
+    """Read a local archive table's files once, sequentially, in the background (`lake.page_cache`):
+    for a job about to scan most of it, cold."""
+    table = lake.table(table_name(stream))
+    if table is not None:
+        warm(table.file_uris())
 
 
 def transaction_batches(lake: DeltaLake, basis: dict[str, Any], pins: dict[str, str], columns: list[str],
