@@ -33,6 +33,7 @@ from featureplane.offline.shards import (
     assemble_chunk,
     chunk_bounds,
     feature_column,
+    groups_by_key,
     label_index,
     later_copies,
     run_units,
@@ -43,7 +44,6 @@ from featureplane.offline.shards import (
 from featureplane.pipelines.errors import TerminalError
 from featureplane.pipelines.features import TS
 from featureplane.pipelines.positions import basis_json, order_keys
-from featureplane.pipelines.registry import GroupDef
 from featureplane.schemas.frames import TRANSACTION_SCHEMA
 from featureplane.schemas.streams import LABELS
 
@@ -122,13 +122,10 @@ def build_dataset(lake: DeltaLake, intent: BuildIntent, step: Step = lambda _nam
         step("routed", steps)
         labels = label_index(latest_labels(pinned_labels(lake, label_basis, pins), intent.label_as_of_us))
         step("labels", steps)
-        by_key: dict[str, list[GroupDef]] = {}
-        for group in intent.groups:
-            by_key.setdefault(group.key_field, []).append(group)
         skipped = pl.concat([later_copies(layout, shard) for shard in range(shards)])
         step(f"{skipped.height} later copies of events left out", steps)
-        feature_units = [(layout, key, shard, groups, bounds, skipped) for key, groups in by_key.items()
-                         for shard in range(shards)]
+        feature_units = [(layout, key, shard, groups, bounds, skipped)
+                         for key, groups in groups_by_key(intent.groups).items() for shard in range(shards)]
         run_units(shard_values, feature_units, jobs, lambda: step("features of a key shard", steps))
         chunk_units = [(layout, c, list(intent.groups), labels, TRANSACTION_SCHEMA, skipped)
                        for c in range(len(bounds) - 1)]

@@ -172,6 +172,14 @@ def later_copies(layout: Layout, shard: int) -> pl.DataFrame:
     return copies.join(first_positions(copies), on=UID, how="anti").select(UID)
 
 
+def groups_by_key(groups: Iterable[GroupDef]) -> dict[str, list[GroupDef]]:
+    """The groups of each key field, in their order: a key type's groups are evaluated together."""
+    by_key: dict[str, list[GroupDef]] = {}
+    for group in groups:
+        by_key.setdefault(group.key_field, []).append(group)
+    return by_key
+
+
 def key_values(events: pl.DataFrame, groups: Sequence[GroupDef]) -> pl.DataFrame:
     """`uid`, the event time and the dataset columns of every group of one key type as of each event
     (out-of-range values null), sorted by `uid`; the groups' common partials are computed once."""
@@ -241,10 +249,7 @@ def assemble_chunk(layout: Layout, chunk: int, groups: list[GroupDef],
     path = layout.rows(chunk)
     empty = pl.DataFrame(schema=events_schema).with_columns(pl.lit(0, pl.Int64).alias(UID))
     rows = by_uid(without(pl.read_ipc(path), skipped) if path.exists() else empty.select(UID, *ROW_COLUMNS))
-    by_key: dict[str, list[GroupDef]] = {}
-    for group in groups:
-        by_key.setdefault(group.key_field, []).append(group)
-    for key_field, members in by_key.items():
+    for key_field, members in groups_by_key(groups).items():
         files = layout.values_of(key_field, chunk)
         values = (pl.concat([pl.read_ipc(f) for f in files]).drop(TS) if files
                   else key_values(empty, members).drop(TS))  # no events of its key type: its typed columns

@@ -209,6 +209,12 @@ def _hashed(column: str) -> pl.Expr:
     return pl.col(column).hash(seed=0x6670)
 
 
+def _coded(column: str, exact: bool) -> pl.Expr:
+    """A string column as integers equal exactly where the strings are: its hash (`_hashed`, checked
+    by the caller with `_collide`), or (`exact`) its dictionary codes."""
+    return pl.col(column).cast(pl.Categorical).to_physical() if exact else _hashed(column)
+
+
 def _collide(frame: pl.DataFrame, code: str, text: str) -> bool:
     """Whether two different `text`s share a `code`, in a frame sorted so each code's rows are
     contiguous: then two neighbours have one code and different texts."""
@@ -219,8 +225,7 @@ def _collide(frame: pl.DataFrame, code: str, text: str) -> bool:
 def _key_codes(frame: pl.DataFrame, exact: bool) -> pl.DataFrame:
     """Each key as an integer 0..keys-1, ranked from its hash, or (`exact`) from its dictionary code
     (any order serves the axis)."""
-    key = pl.col(KEY).cast(pl.Categorical).to_physical() if exact else _hashed(KEY)
-    return frame.with_columns((key.rank("dense").cast(pl.Int64) - 1).alias(CODE))
+    return frame.with_columns((_coded(KEY, exact).rank("dense").cast(pl.Int64) - 1).alias(CODE))
 
 
 def _axis_fits(frame: pl.DataFrame, groups: Sequence[GroupDef], first: int, last: int) -> bool:
@@ -374,7 +379,7 @@ def _rolling_distinct(frame: pl.DataFrame, partial: Partial, width_us: int) -> p
     cond = condition_expr(partial.where, pl.col(field).is_not_null()).fill_null(False)
     occurrences = frame.filter(cond).select(AXIS, field)
     for exact in (False, True):  # values by hash, unless two of them share one (`_collide`)
-        value = (pl.col(field).cast(pl.Categorical).to_physical() if exact else _hashed(field)).alias("_value")
+        value = _coded(field, exact).alias("_value")
         # a stable sort by value keeps axis order within each value: each occurrence, then its next
         by_value = occurrences.with_columns(value).sort("_value", maintain_order=True)
         if exact or not _collide(by_value, "_value", field):
